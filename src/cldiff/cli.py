@@ -1,0 +1,220 @@
+"""The `cldiff` command: parse arguments -> Config -> one library call per subcommand.
+
+User errors (bad config, missing data, damaged checkpoint) print one clear
+message and exit with status 2, no traceback; a diverged run exits with 3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  cldiff train --config configs/split_fmnist/cpu/generative_distillation.yaml
+  cldiff train --config configs/split_fmnist/smoke.yaml --set strategy.name=generative_replay --out runs/smoke_gr
+  cldiff sample runs/RUN --n 64 --steps 10 --out grid.png
+  cldiff evaluate runs/RUN
+  cldiff fid fmnist:test:classes=0,1 fmnist:train:classes=0,1
+  cldiff report runs/* --out reports/mine
+  cldiff sweep configs/sweeps/split_fmnist_cpu.yaml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cldiff", description="Continual learning of diffusion models "
+                                "(generative distillation, generative replay and baselines) with offline evaluation.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"cldiff {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a diffusion model task by task", description="Train a diffusion model "
+                       "task by task with a continual-learning strategy; writes a run folder (config.yaml, "
+                       "metrics.jsonl, eval.csv, checkpoints/, samples/).")
+    t.add_argument("--config", required=True, help="a YAML preset, e.g. configs/split_fmnist/cpu/generative_distillation.yaml")
+    t.add_argument("--out", help="run folder (default: <out_dir>/<name derived from the settings>)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set strategy.lam=0.5 (repeatable)")
+    t.add_argument("--resume", action="store_true", help="continue the run in the folder from its latest checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw a sample grid from a checkpoint",
+                       description="Draw samples from a checkpoint (.pt) or the latest checkpoint of a run folder.")
+    s.add_argument("checkpoint", help="a checkpoint .pt file or a run folder")
+    s.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    s.add_argument("--steps", type=int, default=10, help="DDIM steps (default 10)")
+    s.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--out", default="samples.png", help="output PNG grid (default samples.png)")
+    s.add_argument("--npz", help="also save the samples as uint8 in this .npz (for `cldiff fid`)")
+
+    e = sub.add_parser("evaluate", help="recompute the metrics of a run's checkpoints",
+                       description="Recompute FID / KLD / ARD of a run's checkpoint(s) with the run's eval settings.")
+    e.add_argument("run", help="a run folder")
+    e.add_argument("--task", type=int, help="only this task's checkpoint (default: every kept checkpoint)")
+    e.add_argument("--n", type=int, help="override eval.n_samples")
+
+    f = sub.add_parser("fid", help="FID between two image sets (offline, our evaluator's features)",
+                       description="FID on the evaluator's features between two image sets. Each set is a folder of "
+                       "PNGs, an .npz/.npy array (uint8 [0,255] or float [-1,1]) or a data set spec such as "
+                       "fmnist:test:classes=0,1.")
+    f.add_argument("a")
+    f.add_argument("b")
+    f.add_argument("--dataset", default="fashion_mnist", help="whose evaluator extracts features (default fashion_mnist)")
+
+    r = sub.add_parser("report", help="tables, curves and sample grids from run folders",
+                       description="Group run folders by strategy and settings (seeds as repeats) and write "
+                       "report.md, results.json, results.csv and PNG plots.")
+    r.add_argument("runs", nargs="+", help="run folders")
+    r.add_argument("--out", required=True, help="report folder")
+
+    sw = sub.add_parser("sweep", help="run a grid of runs (strategies x fields x seeds), then the report",
+                        description="Run every run of a sweep file; finished runs are skipped, interrupted ones "
+                        "resumed, task 0 shared between runs of the same seed; then write the report.")
+    sw.add_argument("file", help="a sweep file, e.g. configs/sweeps/split_fmnist_cpu.yaml")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("evaluator", help="the evaluator network behind FID / KLD", description="Manage the "
+                        "evaluator network (a classifier trained on the data set; its features give our FID).")
+    evs = ev.add_subparsers(dest="evcmd", metavar="ACTION")
+    evt = evs.add_parser("train", help="train and cache the evaluator (deterministic)")
+    evt.add_argument("--dataset", default="fashion_mnist")
+    evt.add_argument("--epochs", type=int, default=6)
+    evt.add_argument("--root", help="data folder")
+    evs.add_parser("info", help="where the cached evaluator is and how good it is")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.cmd:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args, parser)
+    except ConfigError as e:
+        print(f"cldiff: {e}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"cldiff: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cldiff: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # RunError / TrainingDiverged have their own codes
+        from .train import RunError, TrainingDiverged
+        if isinstance(e, RunError):
+            print(f"cldiff: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, TrainingDiverged):
+            print(f"cldiff: training stopped: {e}", file=sys.stderr)
+            return 3
+        raise
+
+
+def _dispatch(args, parser) -> int:
+    if args.cmd == "train":
+        from .config import load_config
+        from .train import train
+        cfg = load_config(args.config, args.set)
+        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+        print(f"run folder: {run_dir}")
+        return 0
+    if args.cmd == "sample":
+        return _sample(args)
+    if args.cmd == "evaluate":
+        return _evaluate(args)
+    if args.cmd == "fid":
+        from .evaluate import feature_stats, frechet_distance, get_evaluator, load_image_set
+        ev = get_evaluator(args.dataset)
+        sets = [load_image_set(s) for s in (args.a, args.b)]
+        stats = [feature_stats(ev.run(x)[0]) for x, _, _ in sets]
+        fid = frechet_distance(*stats[0], *stats[1])
+        print(json.dumps({ev.fid_key: fid, "n_a": len(sets[0][0]), "n_b": len(sets[1][0]),
+                          "extractor": f"{ev.tag}-evaluator-{ev.sha256[:16]}"}))
+        return 0
+    if args.cmd == "report":
+        from .report import make_report
+        out = make_report([Path(r) for r in args.runs], Path(args.out))
+        print(f"report: {out / 'report.md'}")
+        return 0
+    if args.cmd == "sweep":
+        from .sweep import run_sweep
+        out = run_sweep(args.file, dry_run=args.dry_run, progress=not args.no_progress)
+        print(f"sweep folder: {out}")
+        return 0
+    if args.cmd == "evaluator":
+        from .evaluate import find_evaluator, load_evaluator, save_evaluator, train_evaluator
+        if args.evcmd == "train":
+            net, info = train_evaluator(args.dataset, args.root, epochs=args.epochs)
+            path = save_evaluator(net, info)
+            print(json.dumps({"path": str(path), **info}))
+            return 0
+        if args.evcmd == "info":
+            path = find_evaluator()
+            if path is None:
+                print("no evaluator cached yet; `cldiff evaluator train` trains one")
+                return 1
+            ev = load_evaluator(path)
+            print(json.dumps({"path": str(path), "sha256": ev.sha256, **ev.meta}))
+            return 0
+        parser.parse_args(["evaluator", "--help"])
+    parser.print_help()
+    return 2
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .data import save_grid, to_uint8
+    from .evaluate import generate
+    from .model import autocast_for
+    from .train import load_model
+
+    if args.n < 1 or args.steps < 1:
+        raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    dev = torch.device("cpu")
+    model, schedule, cfg, meta = load_model(args.checkpoint, dev)
+    shape = (model.channels, model.image_size, model.image_size)
+    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, 500, dev,
+                 autocast_for(dev, cfg.train.precision), shape)
+    save_grid(x, Path(args.out))
+    if args.npz:
+        np.savez_compressed(args.npz, images=to_uint8(x)[..., 0] if x.shape[1] == 1 else to_uint8(x))
+    print(f"{args.n} samples of task {meta.get('task')} checkpoint -> {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import torch
+
+    from .checkpoint import list_checkpoints, load_checkpoint_file
+    from .data import ContinualData
+    from .evaluate import evaluate_task, get_evaluator
+    from .model import autocast_for
+    from .train import load_model
+
+    run = Path(args.run)
+    metas = [m for m in list_checkpoints(run) if args.task is None or m.get("task") == args.task]
+    if not metas:
+        raise ValueError(f"{run}: no checkpoint" + (f" for task {args.task}" if args.task is not None else "")
+                         + " (only the newest train.keep_checkpoints are kept)")
+    dev = torch.device("cpu")
+    ev = None
+    for meta in metas:
+        model, schedule, cfg, _ = load_model(meta["path"], dev)
+        if args.n:
+            cfg.eval.n_samples = args.n
+        ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root)
+        data = ContinualData.from_config(cfg)
+        m = evaluate_task(model, schedule, data, meta["task"], cfg.eval, ev, dev, autocast_for(dev, cfg.train.precision))
+        print(json.dumps({"task": meta["task"], **m}))
+    return 0

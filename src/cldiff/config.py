@@ -1,0 +1,345 @@
+"""Typed run configuration: dataclasses, YAML loading, validation, run naming.
+
+Every field has a default and a one-line comment. Loading collects *every*
+problem (unknown keys with a "did you mean", wrong types, out-of-range values)
+and raises one :class:`ConfigError` listing them all, so a user fixes a config
+in one round trip. The CLI turns that error into exit status 2, no traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"  # fashion_mnist | mnist | synthetic (tests only)
+    root: str | None = None  # folder with the IDX files; searched first, then $CLDIFF_DATA and system folders
+    class_order: Any = "paper"  # "paper" (per-seed orders of the paper), "sorted", or a list of class lists
+    num_tasks: int = 5  # number of tasks taken from the class order (the first ones)
+    classes_per_task: int = 2  # classes in each task, for "paper" and "sorted"
+    max_train_per_task: int | None = None  # cap on training images per task (tests and quick runs); null = all
+    image_size: int = 32  # images are resized from 28 to this size (bilinear, antialiased)
+    verify: bool = True  # check sizes and SHA-256 of the data files against the official ones
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "small"  # UNet preset: paper | small | tiny (see cldiff.model.PRESETS)
+    num_train_timesteps: int = 1000  # T of the noise schedule
+    beta_start: float = 1e-4  # linear beta schedule start
+    beta_end: float = 0.02  # linear beta schedule end
+    zero_terminal_snr: bool = True  # rescale betas to zero terminal SNR (Lin et al. 2024, Alg. 1)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # real images per minibatch (B); replay strategies add B replay samples
+    steps_per_task: int | None = None  # optimizer steps per task; overrides epochs_per_task when set
+    epochs_per_task: float | None = None  # epochs over the task's training images (paper: 100)
+    first_task_steps: int | None = None  # steps for task 0 only (null: same as the others)
+    lr: float = 2e-4  # Adam learning rate (paper: 2e-4, no schedule)
+    grad_clip: float = 1.0  # gradient-norm clipping (0 disables)
+    reset_optimizer: bool = True  # new Adam state at every task, as the paper does
+    precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU supports it) | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (null: torch's default)
+    log_every: int = 20  # steps between metrics.jsonl training lines
+    grid_samples: int = 64  # images in the per-task fixed-noise sample grid
+    grid_steps: int = 20  # DDIM steps for the sample grid
+    keep_checkpoints: int = 2  # end-of-task checkpoints kept on disk (the newest ones)
+    init_from: str | None = None  # a run folder (same data, model, seed, training) whose task-0 result this run reuses
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True  # evaluate FID / KLD / ARD after every task
+    n_samples: int = 1000  # generated samples per evaluation (paper: 10,000); same N for every strategy
+    steps: int = 10  # DDIM steps for evaluation samples (paper: 10)
+    eta: float = 0.0  # DDIM eta for evaluation samples
+    seed: int = 1234  # fixed sampling seed, so task-to-task numbers compare like with like
+    batch_size: int = 500  # generation batch size
+
+
+@dataclass
+class ClassifierConfig:
+    enabled: bool = False  # also train a classifier continually, with the diffusion model as its replay generator
+    mode: str = "generative"  # generative (replay + distillation, PROTOCOL.md s. 5) | naive | joint
+    epochs: float = 20  # epochs over the task's images (paper: 20)
+    batch_size: int = 128  # real images per iteration; as many replay images are added
+    lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
+    replay_steps: int = 10  # DDIM steps of the frozen diffusion model for replay images (paper: 10)
+    replay_pool: int | None = None  # null: fresh replay every iteration (paper); N: one pool of N images per task
+    temperature: float = 2.0  # distillation temperature T
+    kd_direction: str = "forward"  # forward: KL(teacher || student); paper: the reference code's reversed form
+
+
+@dataclass
+class Config:
+    seed: int = 42  # run seed; also picks the paper's class order
+    name: str | None = None  # run folder name (null: derived from the settings)
+    out_dir: str = "runs"  # parent folder of run folders
+    resume: str = "never"  # never | auto (continue from the latest checkpoint when the run folder has one)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: dict = field(default_factory=lambda: {"name": "generative_distillation"})  # name + the strategy's own fields
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def run_name(self) -> str:
+        """A folder name derived from the settings that distinguish runs."""
+        if self.name:
+            return self.name
+        s = dict(self.strategy)
+        parts = [self.data.dataset, str(s.pop("name"))]
+        for k in sorted(s):
+            parts.append(f"{k}{s[k]}")
+        parts.append(self.model.preset)
+        parts.append(f"seed{self.seed}")
+        return "_".join(str(p).replace("/", "-") for p in parts)
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_float(value: Any) -> Any:
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; accept it as the float every user means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _accepts_float(tp: Any) -> bool:
+    return tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp))
+
+
+def _type_ok(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is dict or origin is dict:
+        return isinstance(value, dict)
+    if tp is list or origin is list:
+        return isinstance(value, list)
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _unknown(key: str, allowed: list[str], where: str) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{where}{key}: unknown key{hint}; allowed: {', '.join(allowed)}"
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{where.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            problems.append(_unknown(str(key), names, where))
+            continue
+        tp = hints[key]
+        if _accepts_float(tp):
+            value = _yaml_float(value)
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{where}{key}.", problems)
+        elif not _type_ok(value, tp):
+            problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r}")
+        else:
+            kwargs[key] = float(value) if tp is float and isinstance(value, int) else value
+    return cls(**kwargs)
+
+
+def _check_ranges(cfg: Config, problems: list[str]) -> None:
+    from .data import DATASETS, resolve_class_order
+    from .model import PRESETS
+    from .strategies import validate_strategy
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            problems.append(msg)
+
+    need(cfg.resume in ("never", "auto"), f"resume: must be 'never' or 'auto', got {cfg.resume!r}")
+    d = cfg.data
+    need(d.dataset in DATASETS, f"data.dataset: unknown dataset {d.dataset!r}; allowed: {', '.join(DATASETS)}")
+    need(d.num_tasks >= 1, f"data.num_tasks: must be >= 1, got {d.num_tasks}")
+    need(d.classes_per_task >= 1, f"data.classes_per_task: must be >= 1, got {d.classes_per_task}")
+    need(d.max_train_per_task is None or d.max_train_per_task >= 1,
+         f"data.max_train_per_task: must be >= 1 or null, got {d.max_train_per_task}")
+    need(d.image_size in (28, 32), f"data.image_size: must be 28 or 32, got {d.image_size}")
+    if d.dataset in DATASETS and d.num_tasks >= 1 and d.classes_per_task >= 1:
+        try:
+            resolve_class_order(d.class_order, cfg.seed, d.num_tasks, d.classes_per_task,
+                                DATASETS[d.dataset].num_classes)
+        except ValueError as e:
+            problems.append(f"data.class_order: {e}")
+    m = cfg.model
+    need(m.preset in PRESETS, f"model.preset: unknown preset {m.preset!r}; allowed: {', '.join(PRESETS)}")
+    need(m.num_train_timesteps >= 2, f"model.num_train_timesteps: must be >= 2, got {m.num_train_timesteps}")
+    need(0 < m.beta_start < m.beta_end < 1,
+         f"model.beta_start/beta_end: need 0 < beta_start < beta_end < 1, got {m.beta_start}, {m.beta_end}")
+    t = cfg.train
+    need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
+    need(t.steps_per_task is not None or t.epochs_per_task is not None,
+         "train: set steps_per_task or epochs_per_task")
+    need(t.steps_per_task is None or t.steps_per_task >= 1, f"train.steps_per_task: must be >= 1, got {t.steps_per_task}")
+    need(t.epochs_per_task is None or t.epochs_per_task > 0, f"train.epochs_per_task: must be > 0, got {t.epochs_per_task}")
+    need(t.first_task_steps is None or t.first_task_steps >= 1,
+         f"train.first_task_steps: must be >= 1 or null, got {t.first_task_steps}")
+    need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
+    need(t.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 disables), got {t.grad_clip}")
+    need(t.precision in ("auto", "bf16", "fp32"), f"train.precision: must be auto, bf16 or fp32, got {t.precision!r}")
+    need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+         f"train.device: must be auto, cpu, cuda or cuda:N, got {t.device!r}")
+    need(t.threads is None or t.threads >= 1, f"train.threads: must be >= 1 or null, got {t.threads}")
+    need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
+    need(t.grid_samples >= 0, f"train.grid_samples: must be >= 0, got {t.grid_samples}")
+    need(t.grid_steps >= 1, f"train.grid_steps: must be >= 1, got {t.grid_steps}")
+    need(t.keep_checkpoints >= 1, f"train.keep_checkpoints: must be >= 1, got {t.keep_checkpoints}")
+    e = cfg.eval
+    need(e.n_samples >= 2, f"eval.n_samples: must be >= 2, got {e.n_samples}")
+    need(e.steps >= 1, f"eval.steps: must be >= 1, got {e.steps}")
+    need(e.eta >= 0, f"eval.eta: must be >= 0, got {e.eta}")
+    need(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
+    c = cfg.classifier
+    need(c.mode in ("generative", "naive", "joint"), f"classifier.mode: must be generative, naive or joint, got {c.mode!r}")
+    need(c.epochs > 0, f"classifier.epochs: must be > 0, got {c.epochs}")
+    need(c.batch_size >= 1, f"classifier.batch_size: must be >= 1, got {c.batch_size}")
+    need(c.lr > 0, f"classifier.lr: must be > 0, got {c.lr}")
+    need(c.replay_steps >= 1, f"classifier.replay_steps: must be >= 1, got {c.replay_steps}")
+    need(c.replay_pool is None or c.replay_pool >= 1, f"classifier.replay_pool: must be >= 1 or null, got {c.replay_pool}")
+    need(c.temperature > 0, f"classifier.temperature: must be > 0, got {c.temperature}")
+    need(c.kd_direction in ("forward", "paper"), f"classifier.kd_direction: must be forward or paper, got {c.kd_direction!r}")
+    problems.extend(validate_strategy(cfg.strategy))
+
+
+def config_from_dict(raw: Any) -> Config:
+    """Build and validate a Config; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    cfg = _build(Config, raw, "", problems)
+    _check_ranges(cfg, problems)  # on what did parse: every problem in one report
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw dict."""
+    problems = []
+    for item in overrides or []:
+        if "=" not in item:
+            problems.append(f"--set {item!r}: expected key=value, for example train.batch_size=32")
+            continue
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {} if node.get(p) is None else node[p]
+            node = node[p]
+            if not isinstance(node, dict):
+                problems.append(f"--set {key}: {p} is not a section")
+                break
+        else:
+            node[parts[-1]] = _parse_value(value)
+    if problems:
+        raise ConfigError(problems)
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist; shipped presets are in configs/"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level, got {type(raw).__name__}"])
+    base = raw.pop("base", None)
+    if base is not None:
+        # A preset may name another preset to start from; keys here override it.
+        merged = read_yaml(path.parent / base)
+        raw = _deep_merge(merged, raw)
+    return raw
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "strategy":
+            out[k] = _deep_merge(out[k], v)
+        elif k == "strategy" and isinstance(v, dict) and isinstance(out.get(k), dict) and v.get("name", out[k].get("name")) == out[k].get("name"):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    return config_from_dict(apply_overrides(raw, overrides or []))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,399 @@
+"""Offline evaluation: our own evaluator network, FID on its features, KLD / ARD of class histograms.
+
+PROTOCOL.md section 4. Inception-v3 weights cannot be downloaded here, so FID
+uses the penultimate features (256-d) of a classifier trained on the data
+set itself; every output names it after its extractor (``fid_fmnist``) so it
+is never mistaken for Inception FID. The numbers are comparable between runs
+of cldiff that use the same evaluator (its SHA-256 is recorded), not with the
+paper's Inception FID.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checkpoint import atomic_write_bytes
+from .model import autocast_for, ddim_sample
+
+PREPROCESS_VERSION = "resize32-bilinear-aa-v1"  # bump when to_model_range changes
+TAGS = {"fashion_mnist": "fmnist", "synthetic": "synthetic", "mnist": "mnist"}
+
+
+# --------------------------------------------------------------------------- the evaluator network
+
+
+class EvaluatorNet(nn.Module):
+    """A CNN classifier on (N, C, 32, 32) images in [-1, 1]; ``features`` are its 256-d penultimate layer."""
+
+    feature_dim = 256
+
+    def __init__(self, channels: int = 1, num_classes: int = 10):
+        super().__init__()
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                    nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2)]
+
+        self.body = nn.Sequential(*block(channels, 32), *block(32, 64), *block(64, 128))  # 32 -> 4
+        self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 4 * 4, self.feature_dim),
+                                nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(self.feature_dim, num_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class Evaluator:
+    net: EvaluatorNet
+    dataset: str
+    sha256: str  # of the weights file: identifies the extractor in caches and reports
+    meta: dict
+
+    @property
+    def tag(self) -> str:
+        return TAGS.get(self.dataset, self.dataset)
+
+    @property
+    def fid_key(self) -> str:
+        return f"fid_{self.tag}"
+
+    @torch.no_grad()
+    def run(self, images: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """(features float64 (N, 256), predicted class (N,)) for images (N, C, 32, 32) in [-1, 1]."""
+        dev = next(self.net.parameters()).device
+        feats, preds = [], []
+        self.net.eval()
+        for i in range(0, len(images), batch):
+            x = images[i:i + batch].to(dev).float()
+            f = self.net.features(x)
+            feats.append(f.double().cpu().numpy())
+            preds.append(self.net.head(f).argmax(1).cpu().numpy())
+        if not feats:
+            return np.zeros((0, self.net.feature_dim)), np.zeros(0, np.int64)
+        return np.concatenate(feats), np.concatenate(preds)
+
+
+def cache_dir() -> Path:
+    """$CLDIFF_CACHE, else $XDG_CACHE_HOME/cldiff, else ~/.cache/cldiff."""
+    if os.environ.get("CLDIFF_CACHE"):
+        return Path(os.environ["CLDIFF_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cldiff"
+
+
+def train_evaluator(dataset: str = "fashion_mnist", root: str | None = None, epochs: int = 6, seed: int = 0,
+                    batch: int = 128, lr: float = 2e-3, verbose: bool = True, max_train: int | None = None,
+                    device="cpu") -> tuple[EvaluatorNet, dict]:
+    """Train the evaluator deterministically on the full training split; returns (net, info)."""
+    from .data import DATASETS, ContinualData
+
+    spec = DATASETS[dataset]
+    classes = list(range(spec.num_classes))
+    data = ContinualData(dataset, [tuple(classes)], root)
+    x, y = data.train(classes)
+    if max_train is not None:
+        x, y = x[:max_train], y[:max_train]
+    xt, yt = data.test(classes)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    net = EvaluatorNet(spec.channels, spec.num_classes).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * ((len(x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
+    autocast = autocast_for(torch.device(device), "auto")
+    t0 = time.perf_counter()
+    for ep in range(epochs):
+        net.train()
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            xb = x[idx].to(device)
+            # light augmentation: random shifts by up to 2 pixels, from the seeded generator
+            if True:
+                dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            with autocast():
+                loss = F.cross_entropy(net(xb).float(), y[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if verbose:
+            acc = evaluator_accuracy(net, xt, yt)
+            print(f"evaluator epoch {ep + 1}/{epochs}: loss {loss.item():.3f}, test accuracy {acc:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    net.eval()
+    info = {"dataset": dataset, "test_accuracy": evaluator_accuracy(net, xt, yt), "train_s": time.perf_counter() - t0,
+            "epochs": epochs, "seed": seed, "train_images": len(x), "preprocess": PREPROCESS_VERSION}
+    return net.cpu(), info
+
+
+@torch.no_grad()
+def evaluator_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    dev = next(net.parameters()).device
+    correct = sum((net(x[i:i + 2000].to(dev)).argmax(1).cpu() == y[i:i + 2000]).sum().item()
+                  for i in range(0, len(x), 2000))
+    net.train()
+    return correct / max(1, len(x))
+
+
+def save_evaluator(net: EvaluatorNet, info: dict, directory: Path | None = None) -> Path:
+    """Save under a name carrying the SHA-256 of the weights file: ``<tag>-evaluator-<sha16>.pt``."""
+    directory = Path(directory or cache_dir() / "evaluator")
+    buf = io.BytesIO()
+    torch.save({"net": net.state_dict(), "channels": net.body[0].in_channels,
+                "num_classes": net.head[-1].out_features}, buf)
+    data = buf.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+    tag = TAGS.get(info["dataset"], info["dataset"])
+    path = directory / f"{tag}-evaluator-{sha[:16]}.pt"
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps({**info, "sha256": sha}, indent=1).encode())
+    return path
+
+
+def load_evaluator(path: Path, device="cpu") -> Evaluator:
+    path = Path(path)
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    if f"-evaluator-{sha[:16]}" not in path.name:
+        raise ValueError(f"{path}: its SHA-256 ({sha[:16]}...) does not match its name; the file is damaged. "
+                         "Delete it and the evaluator will be trained again")
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    net = EvaluatorNet(state["channels"], state["num_classes"])
+    net.load_state_dict(state["net"])
+    meta_path = path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    dataset = meta.get("dataset") or {v: k for k, v in TAGS.items()}.get(path.name.split("-evaluator-")[0], "?")
+    return Evaluator(net.to(device).eval(), dataset, sha, meta)
+
+
+def find_evaluator(dataset: str = "fashion_mnist", directory: Path | None = None) -> Path | None:
+    directory = Path(directory or cache_dir() / "evaluator")
+    tag = TAGS.get(dataset, dataset)
+    found = sorted(directory.glob(f"{tag}-evaluator-*.pt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def get_evaluator(dataset: str = "fashion_mnist", device="cpu", root: str | None = None) -> Evaluator:
+    """The cached evaluator for ``dataset``; trained (once, with a message) when there is none."""
+    path = find_evaluator(dataset)
+    if path is not None:
+        try:
+            return load_evaluator(path, device)
+        except ValueError as e:
+            print(f"warning: {e}", file=sys.stderr)
+    where = cache_dir() / "evaluator"
+    print(f"no {dataset} evaluator in {where}: training one now (deterministic, a few minutes on a CPU, "
+          "done once; `cldiff evaluator train` does the same ahead of time)", file=sys.stderr)
+    net, info = train_evaluator(dataset, root)
+    path = save_evaluator(net, info)
+    print(f"evaluator saved: {path} (test accuracy {info['test_accuracy']:.4f})", file=sys.stderr)
+    return load_evaluator(path, device)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D), float64."""
+    feats = np.asarray(feats, dtype=np.float64)
+    if len(feats) < 2:
+        raise ValueError(f"FID needs at least 2 images per set, got {len(feats)}")
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def _psd_sqrt(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2)), in float64.
+
+    tr((S1 S2)^(1/2)) is computed as tr((S1^(1/2) S2 S1^(1/2))^(1/2)): the inner
+    matrix is symmetric PSD, so both roots come from eigh and stay real and
+    stable even for singular covariances (Dowson & Landau 1982).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    r1 = _psd_sqrt(s1)
+    inner = r1 @ s2 @ r1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean, 0.0))
+
+
+def class_histogram(labels: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """Normalised histogram (num_classes,) of integer labels."""
+    h = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
+    return h / max(h.sum(), 1.0)
+
+
+def kld(p_true: np.ndarray, p_pred: np.ndarray, eps: float = 1e-8) -> float:
+    """KL(p_true || p_pred) = sum p_true log(p_true / p_pred), with eps added to both (PROTOCOL.md s. 4)."""
+    p, q = np.asarray(p_true, np.float64) + eps, np.asarray(p_pred, np.float64) + eps
+    return float(np.sum(p * np.log(p / q)))
+
+
+def ard(p_true: np.ndarray, p_pred: np.ndarray) -> float:
+    """Absolute ratio difference: 0.5 sum |p_true - p_pred| (total variation)."""
+    return float(0.5 * np.abs(np.asarray(p_true, np.float64) - np.asarray(p_pred, np.float64)).sum())
+
+
+def real_stats(evaluator: Evaluator, dataset: str, split: str, classes, root=None, data=None, image_size: int = 32):
+    """(mu, sigma, label histogram) of real images, cached by extractor, data set, split, classes, preprocessing."""
+    classes = sorted(int(c) for c in classes)
+    key = json.dumps([evaluator.sha256, dataset, split, classes, image_size, PREPROCESS_VERSION])
+    fname = cache_dir() / "fid_stats" / (hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz")
+    if fname.exists():
+        z = np.load(fname)
+        return z["mu"], z["sigma"], z["hist"]
+    if data is None:
+        from .data import ContinualData
+        data = ContinualData(dataset, [tuple(classes)], root, image_size=image_size)
+    x, y = data.test(classes) if split == "test" else data.train(classes)
+    feats, _ = evaluator.run(x)
+    mu, sigma = feature_stats(feats)
+    hist = class_histogram(y.numpy(), evaluator.net.head[-1].out_features)
+    buf = io.BytesIO()
+    np.savez(buf, mu=mu, sigma=sigma, hist=hist, key=np.array(key))
+    atomic_write_bytes(fname, buf.getvalue())
+    return mu, sigma, hist
+
+
+def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: int, device, autocast,
+             shape=(1, 32, 32)) -> torch.Tensor:
+    """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch):
+        m = min(batch, n - i)
+        z = torch.randn((m, *shape), generator=gen).to(device)
+        out.append(ddim_sample(model, schedule, z, steps, eta, gen, autocast).cpu())
+    return torch.cat(out)
+
+
+def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, device, autocast) -> dict:
+    """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram."""
+    seen = data.seen_classes(k)
+    shape = (data.spec.channels, data.image_size, data.image_size)
+    samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
+                       device, autocast, shape)
+    return score_samples(samples, evaluator, data.spec.name, seen, data=data)
+
+
+def score_samples(samples: torch.Tensor, evaluator: Evaluator, dataset: str, classes, data=None) -> dict:
+    feats, preds = evaluator.run(samples)
+    mu_r, sig_r, p_true = real_stats(evaluator, dataset, "test", classes, data=data)
+    mu_g, sig_g = feature_stats(feats)
+    p_pred = class_histogram(preds, len(p_true))
+    return {evaluator.fid_key: frechet_distance(mu_g, sig_g, mu_r, sig_r), "kld": kld(p_true, p_pred),
+            "ard": ard(p_true, p_pred), "hist_pred": p_pred.round(6).tolist(), "hist_true": p_true.round(6).tolist(),
+            "n_samples": len(samples), "seen_classes": sorted(int(c) for c in classes),
+            "evaluator_sha256": evaluator.sha256[:16]}
+
+
+def write_eval_csv(run_dir: Path) -> Path:
+    """eval.csv from the eval lines of metrics.jsonl (one row per task)."""
+    from .train import MetricsLog
+
+    rows = [r for r in MetricsLog(Path(run_dir) / "metrics.jsonl").read() if r.get("event") == "eval"]
+    path = Path(run_dir) / "eval.csv"
+    if not rows:
+        return path
+    fid_keys = sorted({k for r in rows for k in r if k.startswith("fid_")})
+    n_cls = len(rows[0]["hist_pred"])
+    header = ["task", *fid_keys, "kld", "ard", "n_samples", "eval_s"] + [f"pred_{c}" for c in range(n_cls)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in rows:
+        w.writerow([r["task"], *[r.get(k) for k in fid_keys], r["kld"], r["ard"], r["n_samples"], r.get("eval_s")]
+                   + r["hist_pred"])
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+# --------------------------------------------------------------------------- image sets for `cldiff fid`
+
+
+def load_image_set(spec: str, root: str | None = None) -> tuple[torch.Tensor, str | None, list | None]:
+    """Images (N, C, 32, 32) in [-1, 1] from a PNG folder, an .npz/.npy array or a data set spec.
+
+    Data set spec: ``fmnist:test:classes=0,1`` (split train|test; classes optional).
+    Arrays: uint8 in [0, 255] (N, H, W) / (N, H, W, C) / (N, C, H, W), or float in [-1, 1].
+    Returns (images, dataset or None, classes or None).
+    """
+    from .data import DATASETS, ContinualData, to_model_range
+
+    names = {"fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic"}
+    head = spec.split(":", 1)[0]
+    if head in names and not Path(spec).exists():
+        parts = spec.split(":")
+        dataset = names[head]
+        split = parts[1] if len(parts) > 1 else "test"
+        if split not in ("train", "test"):
+            raise ValueError(f"{spec!r}: split must be train or test, got {split!r}")
+        classes = list(range(DATASETS[dataset].num_classes))
+        for p in parts[2:]:
+            if p.startswith("classes="):
+                try:
+                    classes = [int(c) for c in p[len("classes="):].split(",") if c != ""]
+                except ValueError:
+                    raise ValueError(f"{spec!r}: classes must be comma-separated integers") from None
+            else:
+                raise ValueError(f"{spec!r}: unknown option {p!r}; expected classes=0,1,...")
+        data = ContinualData(dataset, [tuple(classes)], root)
+        x, _ = data.test(classes) if split == "test" else data.train(classes)
+        return x, dataset, classes
+    p = Path(spec)
+    if not p.exists():
+        raise ValueError(f"{spec!r} is neither a file, a folder nor a data set spec like fmnist:test:classes=0,1")
+    if p.is_dir():
+        from PIL import Image
+        files = sorted(list(p.glob("*.png")) + list(p.glob("*.PNG")))
+        if not files:
+            raise ValueError(f"{p}: no PNG files in this folder")
+        arr = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+        return to_model_range(arr), None, None
+    if p.suffix == ".npz":
+        z = np.load(p)
+        keys = list(z.keys())
+        arr = z["images"] if "images" in keys else z[keys[0]]
+    elif p.suffix == ".npy":
+        arr = np.load(p)
+    else:
+        raise ValueError(f"{p}: expected a folder of PNGs, an .npz or .npy file")
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.dtype == np.uint8:
+        return to_model_range(arr), None, None
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.min() < -1.0001 or arr.max() > 1.0001:
+            raise ValueError(f"{p}: float images must be in [-1, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
+                             "save uint8 in [0, 255] instead")
+        x = torch.as_tensor(arr, dtype=torch.float32)
+        x = x.unsqueeze(1) if x.ndim == 3 else x
+        if x.shape[-1] != 32:
+            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        return x, None, None
+    raise ValueError(f"{p}: unsupported array dtype {arr.dtype}; use uint8 in [0, 255] or float in [-1, 1]")

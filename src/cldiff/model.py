@@ -1,0 +1,213 @@
+"""UNet presets, the noise schedule and our DDIM sampling loop.
+
+Symbols follow DDPM (Ho et al. 2020) and DDIM (Song et al. 2021):
+``abar[t]`` is alpha-bar_t = prod_{s<=t} (1 - beta_s); the forward process is
+x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4); the model predicts eps.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+# --------------------------------------------------------------------------- presets
+
+
+@dataclass(frozen=True)
+class UNetPreset:
+    block_out_channels: tuple
+    down_block_types: tuple
+    up_block_types: tuple
+    norm_num_groups: int
+    layers_per_block: int = 1
+    note: str = ""
+
+
+D, AD, U, AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
+
+PRESETS = {
+    # PROTOCOL.md section 2: 64-128-256-512, attention at the lowest resolution, ~42.9 M parameters.
+    "paper": UNetPreset((64, 128, 256, 512), (D, D, D, AD), (AU, U, U, U), 32,
+                        note="the paper's Fashion-MNIST UNet"),
+    # The CPU-scale model of shared/calibration (2.7 M parameters).
+    "small": UNetPreset((32, 64, 128), (D, D, AD), (AU, U, U), 16, note="CPU scale"),
+    # For tests: a few thousand parameters' worth of UNet that still has every block type.
+    "tiny": UNetPreset((16, 32), (D, AD), (AU, U), 8, note="tests only"),
+    # The paper's CIFAR-10 model: 128-256-256-256, two layers per block, attention at 16x16.
+    "cifar": UNetPreset((128, 256, 256, 256), (D, AD, D, D), (U, U, AU, U), 32, layers_per_block=2,
+                        note="the paper's CIFAR-10 UNet"),
+}
+
+
+class EpsModel(nn.Module):
+    """A UNet that maps (x_t, t) to a prediction of eps.
+
+    x: (N, C, S, S) float; t: (N,) int64 in [0, T-1]. Returns (N, C, S, S).
+    """
+
+    def __init__(self, preset: str = "small", channels: int = 1, image_size: int = 32):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; allowed: {', '.join(PRESETS)}")
+        p = PRESETS[preset]
+        self.preset, self.channels, self.image_size = preset, channels, image_size
+        self.unet = UNet2DModel(
+            sample_size=image_size, in_channels=channels, out_channels=channels,
+            layers_per_block=p.layers_per_block, block_out_channels=p.block_out_channels,
+            down_block_types=p.down_block_types, up_block_types=p.up_block_types,
+            norm_num_groups=p.norm_num_groups,
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, return_dict=False)[0]
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def frozen_copy(model: EpsModel) -> EpsModel:
+    """A new module with the same weights, in eval mode, with no gradients.
+
+    Built from the preset and a state dict (not deepcopy), so it never shares
+    storage or hooks with the student (DDP wrappers included).
+    """
+    src = model.module if hasattr(model, "module") else model
+    teacher = EpsModel(src.preset, src.channels, src.image_size)
+    teacher.load_state_dict(src.state_dict())
+    dev = next(src.parameters()).device
+    return teacher.to(dev).eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but no CUDA device is available; use device: cpu or auto")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """A zero-argument factory of the autocast context for this device and precision."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
+    if not use_bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+class NoiseSchedule:
+    """Linear betas, optionally rescaled to zero terminal SNR; epsilon prediction.
+
+    ``abar`` is a float32 tensor of shape (T,), on ``device``.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 zero_terminal_snr: bool = True, device: torch.device | str = "cpu"):
+        T = num_train_timesteps
+        betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        abar = torch.cumprod(1.0 - betas, 0)
+        if zero_terminal_snr:
+            # Lin et al. 2024 ("Common diffusion noise schedules and sample steps are flawed"), Alg. 1:
+            # shift sqrt(abar) so that sqrt(abar_T) = 0, scale so that sqrt(abar_0) is unchanged.
+            s = abar.sqrt()
+            s0, sT = s[0].clone(), s[-1].clone()
+            s = (s - sT) * s0 / (s0 - sT)
+            abar = s**2
+        self.T = T
+        self.abar = abar.float().to(device)
+
+    @classmethod
+    def from_config(cls, m, device="cpu") -> "NoiseSchedule":
+        return cls(m.num_train_timesteps, m.beta_start, m.beta_end, m.zero_terminal_snr, device)
+
+    def _ab(self, t: torch.Tensor) -> torch.Tensor:
+        return self.abar[t].view(-1, 1, 1, 1)
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (DDPM eq. 4). Shapes (N, C, H, W); t (N,)."""
+        ab = self._ab(t)
+        return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
+
+    def sample_timesteps(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """Timesteps drawn uniformly from 0..T-1 (PROTOCOL.md section 2)."""
+        return torch.randint(0, self.T, (n,), generator=generator, device=device)
+
+    def ddim_timesteps(self, steps: int, t_end: torch.Tensor | None = None, n: int = 1) -> torch.Tensor:
+        """Per-sample DDIM timesteps with "trailing" spacing, shape (steps + 1, n).
+
+        Row j < steps is the timestep of step j; the last row is where sampling
+        ends: -1 (x_0, abar = 1) by default, or the per-sample ``t_end``
+        (partial generation). For t_end = -1 and T = 1000, steps = 2 gives
+        999 and 499 (Lin et al. 2024, Table 2).
+        """
+        if steps < 1:
+            raise ValueError(f"DDIM needs steps >= 1, got {steps}")
+        if t_end is None:
+            t_end = torch.full((n,), -1, dtype=torch.long, device=self.abar.device)
+        j = torch.arange(steps + 1, device=t_end.device, dtype=torch.float64).view(-1, 1)
+        span = (self.T - 1 - t_end).double().view(1, -1)
+        ts = torch.round(t_end.double().view(1, -1) + 1 + span * (steps - j) / steps) - 1
+        return ts.long()
+
+
+@torch.no_grad()
+def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, steps: int, eta: float = 0.0,
+                generator: torch.Generator | None = None, autocast=contextlib.nullcontext,
+                t_end: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
+    """DDIM sampling (Song et al. 2021, eq. 12) from x_T = ``noise``.
+
+    noise: (N, C, H, W) standard normal. Returns x at ``t_end`` (default: x_0,
+    in [-1, 1]) as float32. With eta = 0 the sampler is deterministic. The
+    predicted x_0 is clipped to [-1, 1] at every step, as in the paper.
+
+    With a zero-terminal-SNR schedule, abar at t = T-1 is 0 and the x_0
+    estimate (x - sqrt(1 - abar) eps) / sqrt(abar) is undefined for an
+    eps-prediction model; as in diffusers' DDIMScheduler (which the paper used)
+    it saturates and the clip maps it to +-1. We divide by a tiny floor
+    instead of 0 so that an exact zero residual gives 0, never NaN.
+    """
+    n = noise.shape[0]
+    ts = schedule.ddim_timesteps(steps, t_end.to(noise.device) if t_end is not None else None, n)
+    ts = ts.to(noise.device)
+    x = noise.float()
+    for j in range(steps):
+        t, t_prev = ts[j], ts[j + 1]
+        with autocast():
+            eps = model(x, t).float()
+        a_t = schedule.abar[t].view(-1, 1, 1, 1)
+        a_prev = torch.where(t_prev >= 0, schedule.abar[t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=torch.float32)).view(-1, 1, 1, 1)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt().clamp(min=1e-12)
+        if clip:
+            x0 = x0.clamp(-1.0, 1.0)
+        sigma = eta * ((1 - a_prev) / (1 - a_t)).clamp(min=0).sqrt() * (1 - a_t / a_prev).clamp(min=0).sqrt()
+        x_new = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            x_new = x_new + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+        # a sample whose end point is its current timestep (partial generation to t = T-1) stays as it is
+        x = torch.where((t_prev == t).view(-1, 1, 1, 1), x, x_new)
+    return x
+
+
+def predict_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """A no-grad eps prediction in float32 (used for teacher targets)."""
+    with torch.no_grad(), autocast():
+        return model(x, t).float()

@@ -1,0 +1,247 @@
+"""Reports from run folders only: tables (mean +- SEM over seeds), per-task curves, histograms, sample grids.
+
+Runs are grouped by everything that distinguishes them except the seed
+(strategy and its fields, model preset, data set, tasks, training budget), so
+seeds are the repeats of a group.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .checkpoint import atomic_write_bytes
+
+# PROTOCOL.md section 4: Split Fashion-MNIST after the 5th task, Inception FID.
+PAPER_RESULTS = {
+    "generative_replay": {"fid": 211.8, "kld": 3.39},
+    "generative_distillation": {"fid": 23.5, "kld": 0.25},
+}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    for ln in path.read_text().splitlines():
+        if ln.strip():
+            try:
+                out.append(json.loads(ln))
+            except json.JSONDecodeError:
+                pass  # a line cut by a crash: skip it, the report reads what is whole
+    return out
+
+
+def load_run(run_dir: Path) -> dict:
+    """What a report needs from one run folder."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ValueError(f"{run_dir}: not a cldiff run folder (no config.yaml)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    recs = _read_jsonl(run_dir / "metrics.jsonl")
+    evals = {r["task"]: r for r in recs if r.get("event") == "eval"}
+    ends = {r["task"]: r for r in recs if r.get("event") == "task_end"}
+    walls = [r.get("wall_s", 0.0) for r in recs if "wall_s" in r]
+    strat = dict(cfg["strategy"])
+    name = strat.pop("name")
+    label = name + "".join(f" {k}={v}" for k, v in sorted(strat.items()))
+    group = json.dumps({"strategy": cfg["strategy"], "model": cfg["model"]["preset"],
+                        "data": {k: cfg["data"][k] for k in ("dataset", "num_tasks", "class_order", "max_train_per_task")},
+                        "train": {k: cfg["train"].get(k) for k in ("batch_size", "steps_per_task", "epochs_per_task",
+                                                                   "first_task_steps")},
+                        "eval": {k: cfg["eval"].get(k) for k in ("n_samples", "steps")}}, sort_keys=True)
+    return {"dir": run_dir, "config": cfg, "seed": cfg["seed"], "strategy": name, "label": label, "group": group,
+            "evals": evals, "task_ends": ends, "num_tasks": cfg["data"]["num_tasks"],
+            "wall_s": max(walls) if walls else 0.0,
+            "images_trained": sum(e.get("images_trained", 0) for e in ends.values()),
+            "teacher_image_forwards": sum(e.get("teacher_image_forwards", 0) for e in ends.values()),
+            "classifier": [r for r in recs if r.get("event") == "classifier_eval"]}
+
+
+def mean_sem(values) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean (std with ddof=1 over sqrt(n)); SEM is None for n < 2."""
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None, None
+    m = float(np.mean(v))
+    return m, (float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def _fmt(m, s, digits=2) -> str:
+    if m is None:
+        return "—"
+    return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["group"], []).append(r)
+    out = []
+    for key, rs in groups.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        fid_key = next((k for r in rs for e in r["evals"].values() for k in e if k.startswith("fid_")), "fid")
+        last = rs[0]["num_tasks"] - 1
+        finals = [r["evals"].get(last) for r in rs]
+        done = [f for f in finals if f is not None]
+        per_task = {}
+        for k in range(rs[0]["num_tasks"]):
+            rows = [r["evals"][k] for r in rs if k in r["evals"]]
+            if rows:
+                per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
+        g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
+             "complete_seeds": [r["seed"] for r, f in zip(rs, finals) if f is not None], "fid_key": fid_key,
+             "final_task": last, "runs": [str(r["dir"]) for r in rs],
+             "final": {m: mean_sem([f.get(m) for f in done]) for m in (fid_key, "kld", "ard")},
+             "per_task": per_task,
+             "hist_pred": np.mean([f["hist_pred"] for f in done], 0).tolist() if done else None,
+             "hist_true": done[0]["hist_true"] if done else None,
+             "wall_s": mean_sem([r["wall_s"] for r in rs]),
+             "images_trained": mean_sem([r["images_trained"] for r in rs]),
+             "teacher_image_forwards": mean_sem([r["teacher_image_forwards"] for r in rs]),
+             "classifier": _classifier_summary(rs),
+             "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 else None}
+        out.append(g)
+    order = ["naive", "joint", "generative_replay", "generative_distillation"]
+    return sorted(out, key=lambda g: (order.index(g["strategy"]) if g["strategy"] in order else 99, g["label"]))
+
+
+def _classifier_summary(rs: list[dict]) -> dict | None:
+    finals = [r["classifier"][-1] for r in rs if r["classifier"]]
+    if not finals:
+        return None
+    return {"avg_acc": mean_sem([f.get("avg_acc") for f in finals]),
+            "forgetting": mean_sem([f.get("forgetting") for f in finals])}
+
+
+def _plots(groups: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    fid_key = groups[0]["fid_key"] if groups else "fid"
+    for metric, fname, title in ((fid_key, "fid_per_task.png", f"{fid_key} (lower is better)"),
+                                 ("kld", "kld_per_task.png", "KLD(p_true || p_pred) (lower is better)")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for g in groups:
+            ks = sorted(g["per_task"])
+            if not ks:
+                continue
+            m = np.array([g["per_task"][k][metric][0] for k in ks], float)
+            s = np.array([g["per_task"][k][metric][1] or 0.0 for k in ks], float)
+            ax.plot([k + 1 for k in ks], m, marker="o", label=g["label"])
+            ax.fill_between([k + 1 for k in ks], m - s, m + s, alpha=0.2)
+        ax.set_xlabel("after task")
+        ax.set_ylabel(metric)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        made.append(fname)
+    hs = [g for g in groups if g["hist_pred"] is not None]
+    if hs:
+        fig, axes = plt.subplots(1, len(hs), figsize=(3.2 * len(hs), 3), squeeze=False)
+        for ax, g in zip(axes[0], hs):
+            c = np.arange(len(g["hist_true"]))
+            ax.bar(c - 0.2, g["hist_true"], 0.4, label="true")
+            ax.bar(c + 0.2, g["hist_pred"], 0.4, label="predicted")
+            ax.set_title(g["label"], fontsize=7)
+            ax.set_xticks(c)
+            ax.set_xlabel("class")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "class_histograms.png", dpi=110)
+        plt.close(fig)
+        made.append("class_histograms.png")
+    return made
+
+
+def _slug(label: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+
+
+def make_report(run_dirs: list[Path], out: Path) -> Path:
+    """Write report.md, results.json, results.csv, plots and sample grids into ``out``."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    if not runs:
+        raise ValueError("no run folders given")
+    out.mkdir(parents=True, exist_ok=True)
+    groups = summarise(runs)
+    plots = _plots(groups, out)
+    fid_key = groups[0]["fid_key"]
+
+    # sample grids: each group's first seed, after every task
+    grids = {}
+    (out / "samples").mkdir(exist_ok=True)
+    for g in groups:
+        src = Path(g["runs"][0]) / "samples"
+        for png in sorted(src.glob("task_*.png")):
+            dst = out / "samples" / f"{_slug(g['label'])}_{png.name}"
+            shutil.copyfile(png, dst)
+            grids.setdefault(g["label"], []).append(dst.name)
+
+    lines = ["# cldiff report", "",
+             f"Runs: {len(runs)} in {len(groups)} groups (seeds are repeats; ± is the standard error of the mean).",
+             "",
+             f"**What our FID is.** `{fid_key}` is the Fréchet distance between features of our own evaluator "
+             "network (a CNN trained on the data set, 256-d penultimate layer) for generated samples and for the "
+             "test images of all classes seen so far. It is *not* Inception FID: its scale differs, so compare "
+             "our numbers with each other, and the paper's only by ordering and ratio. As in the paper, the "
+             "real set grows with the number of tasks (2,000 test images per task) while the generated set has a "
+             "fixed size, so the FID's small-sample bias changes from task to task.", "",
+             f"## Final results (after task {groups[0]['final_task'] + 1})", "",
+             f"| strategy | seeds | {fid_key} | KLD | ARD | paper FID (Inception) | paper KLD | wall time (min) | images trained | teacher image-forwards |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        f = g["final"]
+        paper = g["paper"] or {}
+        w = g["wall_s"][0]
+        lines.append(
+            f"| {g['label']} | {','.join(map(str, g['complete_seeds']))}"
+            f"{'' if len(g['complete_seeds']) == len(g['seeds']) else ' (of ' + ','.join(map(str, g['seeds'])) + ')'} | "
+            f"{_fmt(*f[fid_key])} | {_fmt(*f['kld'], 3)} | {_fmt(*f['ard'], 3)} | {paper.get('fid', '—')} | "
+            f"{paper.get('kld', '—')} | {w / 60 if w else 0:.1f} | {g['images_trained'][0] or 0:,.0f} | "
+            f"{g['teacher_image_forwards'][0] or 0:,.0f} |")
+    if any(g["classifier"] for g in groups):
+        lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
+                  "| strategy | average accuracy | forgetting |", "|---|---|---|"]
+        for g in groups:
+            if g["classifier"]:
+                lines.append(f"| {g['label']} | {_fmt(*g['classifier']['avg_acc'], 3)} | "
+                             f"{_fmt(*g['classifier']['forgetting'], 3)} |")
+    lines += ["", "## Per task", "", f"| strategy | task | {fid_key} | KLD | ARD |", "|---|---|---|---|---|"]
+    for g in groups:
+        for k in sorted(g["per_task"]):
+            p = g["per_task"][k]
+            lines.append(f"| {g['label']} | {k + 1} | {_fmt(*p[fid_key])} | {_fmt(*p['kld'], 3)} | {_fmt(*p['ard'], 3)} |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+    lines += ["", "## Samples (first seed of each group, fixed noise)", ""]
+    for label, names in grids.items():
+        lines.append(f"**{label}**: " + " ".join(f"[task {n[-6:-4]}](samples/{n})" for n in names))
+        lines.append("")
+        lines.append(f"![{label} last task](samples/{names[-1]})")
+        lines.append("")
+    lines += ["## Runs", ""] + [f"- `{r['dir']}` (seed {r['seed']})" for r in runs]
+    atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
+
+    def clean(g):
+        return {k: v for k, v in g.items()}
+    atomic_write_bytes(out / "results.json", json.dumps([clean(g) for g in groups], indent=1).encode())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["strategy", "seeds", f"{fid_key}_mean", f"{fid_key}_sem", "kld_mean", "kld_sem", "ard_mean", "ard_sem",
+                "wall_s_mean", "images_trained", "teacher_image_forwards"])
+    for g in groups:
+        f = g["final"]
+        w.writerow([g["label"], " ".join(map(str, g["complete_seeds"])), *f[fid_key], *f["kld"], *f["ard"],
+                    g["wall_s"][0], g["images_trained"][0], g["teacher_image_forwards"][0]])
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    return out

@@ -1,0 +1,77 @@
+"""Generative replay (GR) and generative distillation (GD), PROTOCOL.md section 3.
+
+Both draw B replay samples every minibatch, generated on the fly by the frozen
+teacher with S DDIM steps (eta configurable, 0 by default):
+
+    x~0 = DDIM_S(teacher, z),  z ~ N(0, I)
+    x~  = sqrt(abar_t~) x~0 + sqrt(1 - abar_t~) e',   t~ ~ U{0..T-1},  e' ~ N(0, I)
+
+GR trains the student to predict the fresh noise e' on x~ (the replayed image
+is treated as data); GD trains it to match the teacher's own prediction
+eps_T(x~, t~), which distils the whole reverse process at the cost of one
+extra teacher forward (Masip et al. 2024, eq. 5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..model import ddim_sample, predict_eps
+from .base import Replay, StepContext, TeacherStrategy, register
+
+
+@dataclass
+class _TeacherReplay(TeacherStrategy):
+    lam: float = 1.0  # lambda: weight of the replay loss (paper: GR 1; GD swept 0.1 .. 3.0)
+    teacher_steps: int = 2  # S: DDIM steps the teacher takes to generate replay (paper: 2; also 10, 100)
+    teacher_eta: float = 0.0  # DDIM eta of replay generation (paper: 0)
+
+    def check(self) -> list[str]:
+        p = []
+        if self.lam < 0:
+            p.append(f"lam: must be >= 0, got {self.lam}")
+        if self.teacher_steps < 1:
+            p.append(f"teacher_steps: strategy '{self.name}' needs teacher_steps >= 1, got {self.teacher_steps}")
+        if self.teacher_eta < 0:
+            p.append(f"teacher_eta: must be >= 0, got {self.teacher_eta}")
+        return p
+
+    def _replay_inputs(self, ctx: StepContext):
+        """(x~, t~, e') for B replay samples; all randomness from ctx.generator."""
+        b, dev = ctx.x0.shape[0], ctx.x0.device
+        z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
+        x0_tilde = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
+                               ctx.generator, ctx.autocast)
+        t_tilde = ctx.schedule.sample_timesteps(b, ctx.generator, dev)
+        e_prime = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
+        return ctx.schedule.add_noise(x0_tilde, t_tilde, e_prime), t_tilde, e_prime
+
+
+@register
+@dataclass
+class GenerativeReplay(_TeacherReplay):
+    """GR: target is the fresh noise e' (the replayed image is treated as data)."""
+
+    name = "generative_replay"
+
+    def replay(self, ctx: StepContext) -> Replay | None:
+        if self.teacher is None:  # task 0 never replays
+            return None
+        x, t, e = self._replay_inputs(ctx)
+        return Replay(target=e, x=x, t=t, teacher_images=self.teacher_steps * x.shape[0])
+
+
+@register
+@dataclass
+class GenerativeDistillation(_TeacherReplay):
+    """GD, the paper's method: target is the teacher's noise prediction on the same input."""
+
+    name = "generative_distillation"
+
+    def replay(self, ctx: StepContext) -> Replay | None:
+        if self.teacher is None:
+            return None
+        x, t, _ = self._replay_inputs(ctx)
+        target = predict_eps(self.teacher, x, t, ctx.autocast)
+        return Replay(target=target, x=x, t=t, teacher_images=(self.teacher_steps + 1) * x.shape[0])

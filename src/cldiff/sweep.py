@@ -1,0 +1,125 @@
+"""Sweeps: a base config times a grid of strategies, their fields and seeds; then one report.
+
+Sweep file (YAML)::
+
+    base: ../split_fmnist/cpu/_base.yaml   # relative to the sweep file
+    out: runs/sweeps/split_fmnist_cpu       # parent of the run folders and of report/
+    share_first_task: true                   # reuse task 0 between runs of the same seed
+    set: {classifier.enabled: true}          # optional overrides for every run
+    grid:
+      seed: [42, 69, 1714]
+      strategy:
+        - {name: naive}
+        - {name: generative_distillation, lam: [0.5, 1.0], teacher_steps: 2}
+
+A list value inside a strategy entry is a grid axis. Each run gets a folder
+named from its settings; finished runs are skipped, interrupted ones resume.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, apply_overrides, config_from_dict, read_yaml
+
+SWEEP_KEYS = {"base", "out", "grid", "set", "share_first_task"}
+
+
+@dataclass
+class PlannedRun:
+    cfg: object
+    out: Path
+
+
+def _expand_strategy(entry: dict) -> list[dict]:
+    keys = [k for k, v in entry.items() if isinstance(v, list)]
+    if not keys:
+        return [dict(entry)]
+    out = []
+    for values in itertools.product(*(entry[k] for k in keys)):
+        out.append({**entry, **dict(zip(keys, values))})
+    return out
+
+
+def plan(path: str | Path) -> tuple[list[PlannedRun], dict]:
+    """Every run of the sweep, validated (all problems of all runs reported together)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"sweep file {str(path)!r} does not exist; shipped sweeps are in configs/sweeps/"])
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - SWEEP_KEYS
+    if unknown:
+        raise ConfigError([f"sweep: unknown key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}"])
+    if "base" not in spec or "grid" not in spec:
+        raise ConfigError(["sweep: needs 'base' (a config file) and 'grid'"])
+    base = read_yaml(path.parent / spec["base"])
+    grid = spec["grid"]
+    seeds = grid.get("seed", [base.get("seed", 42)])
+    strategies = [s for e in grid.get("strategy", [base.get("strategy", {"name": "generative_distillation"})])
+                  for s in _expand_strategy(e)]
+    out = Path(spec.get("out", "runs/sweep"))
+    sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in (spec.get("set") or {}).items()]
+    runs, problems = [], []
+    for seed, strat in itertools.product(seeds, strategies):
+        raw = yaml.safe_load(yaml.safe_dump(base))
+        raw = apply_overrides(raw, sets)
+        raw["seed"], raw["strategy"] = seed, strat
+        try:
+            cfg = config_from_dict(raw)
+        except ConfigError as e:
+            problems += [f"run seed={seed} strategy={strat}: {p}" for p in e.problems]
+            continue
+        runs.append(PlannedRun(cfg, out / cfg.run_name()))
+    if problems:
+        raise ConfigError(problems)
+    return runs, spec
+
+
+def is_finished(run_dir: Path, num_tasks: int) -> bool:
+    from .checkpoint import list_checkpoints
+    return any(m.get("task") == num_tasks - 1 for m in list_checkpoints(run_dir))
+
+
+def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True) -> Path:
+    from .report import make_report
+    from .strategies import REGISTRY
+    from .train import train
+
+    runs, spec = plan(path)
+    out = Path(spec.get("out", "runs/sweep"))
+    share = bool(spec.get("share_first_task", True))
+    failed = []
+    task0_source: dict[int, Path] = {}
+    for i, r in enumerate(runs):
+        n = r.cfg.data.num_tasks
+        status = "done" if is_finished(r.out, n) else ("resume" if (r.out / "checkpoints").is_dir() else "new")
+        print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
+        if dry_run:
+            continue
+        if status != "done":
+            src = task0_source.get(r.cfg.seed)
+            if (share and status == "new" and src is not None and REGISTRY[r.cfg.strategy["name"]].shares_first_task):
+                r.cfg.train.init_from = str(src)
+            try:
+                train(r.cfg, out=str(r.out), resume=True, progress=progress)
+            except Exception as e:  # one broken run does not stop the sweep; it is reported at the end
+                print(f"run {r.out} failed: {e}", file=sys.stderr)
+                traceback.print_exc()
+                failed.append(str(r.out))
+                continue
+        if REGISTRY[r.cfg.strategy["name"]].shares_first_task and r.cfg.seed not in task0_source:
+            task0_source[r.cfg.seed] = r.out
+    if dry_run:
+        return out
+    done = [r.out for r in runs if is_finished(r.out, r.cfg.data.num_tasks)]
+    if done:
+        make_report(done, out / "report")
+        print(f"report: {out / 'report' / 'report.md'}", file=sys.stderr)
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    return out

@@ -1,0 +1,348 @@
+"""The one training loop: task by task, one minibatch at a time.
+
+Per step (PROTOCOL.md sections 2-3): draw B real images of the current task,
+t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps; ask
+the strategy for its replay batch; one student forward on [real ; replay];
+loss = w_real MSE(real) + w_replay MSE(replay) (+ the strategy's penalty);
+Adam step with gradient-norm clipping. The loop never asks which strategy runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import contextlib
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoint import list_checkpoints, load_latest, save_checkpoint
+from .config import Config, config_from_dict, save_config
+from .data import ContinualData, save_grid
+from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
+from .strategies import StepContext, TaskContext, build_strategy
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on for a reason the user can fix."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf (exit status 3)."""
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, flushed as it is written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def truncate_after(self, task: int) -> None:
+        """Keep only records of tasks <= ``task`` (used on resume: no duplicate lines)."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("task", -1) <= task]
+        self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
+    t = cfg.train
+    if k == 0 and t.first_task_steps is not None:
+        return t.first_task_steps
+    if t.steps_per_task is not None:
+        return t.steps_per_task
+    # PROTOCOL.md: 12,000 images at batch 128 is 94 iterations per epoch (the last batch is partial).
+    return max(1, round(t.epochs_per_task * math.ceil(n_images / t.batch_size)))
+
+
+def _rng_state(gen: torch.Generator, data_gen: torch.Generator) -> dict:
+    return {"train_gen": gen.get_state(), "data_gen": data_gen.get_state(), "torch": torch.get_rng_state(),
+            "numpy": json.dumps(np.random.get_state()[1].tolist()), "python": json.dumps(random.getstate()[1])}
+
+
+def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
+    run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
+    has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
+    if has_ck and not resume:
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                       "folder with --out")
+    if resume and has_ck:
+        old = run_dir / "config.yaml"
+        if old.exists():
+            import yaml
+            prev = yaml.safe_load(old.read_text())
+            mine = cfg.to_dict()
+            for key in ("data", "model", "strategy", "seed"):
+                if prev.get(key) != mine.get(key):
+                    raise RunError(f"--resume: the config's '{key}' differs from the run in {run_dir}; resume with "
+                                   "the same settings, or start a new run folder with --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def train(cfg: Config, out: str | None = None, resume: bool = False, progress: bool = True,
+          evaluator=None) -> Path:
+    """Run every task of ``cfg``; returns the run folder. See the module docstring for the maths."""
+    resume = resume or cfg.resume == "auto"
+    run_dir = prepare_run_dir(cfg, out, resume)
+    log = MetricsLog(run_dir / "metrics.jsonl")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    autocast = autocast_for(device, cfg.train.precision)
+    precision = "fp32" if autocast is contextlib.nullcontext else "bf16"
+
+    data = ContinualData.from_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = EpsModel(cfg.model.preset, data.spec.channels, cfg.data.image_size).to(device)
+    schedule = NoiseSchedule.from_config(cfg.model, device)
+    strategy = build_strategy(cfg.strategy)
+    gen = torch.Generator(device).manual_seed(cfg.seed)  # timesteps, noise, replay
+    data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
+    opt = None
+    start_task, wall_before = 0, 0.0
+    clf = None
+    if cfg.classifier.enabled:
+        from .classifier import ContinualClassifier
+        clf = ContinualClassifier(cfg.classifier, data.spec.channels, data.spec.num_classes, device, cfg.seed)
+
+    if resume:
+        found = load_latest(run_dir, map_location=device)
+        if found is not None:
+            state, meta = found
+            model.load_state_dict(state["model"])
+            strategy.load_state_dict(state.get("strategy", {}), model)
+            gen.set_state(state["rng"]["train_gen"])
+            data_gen.set_state(state["rng"]["data_gen"])
+            torch.set_rng_state(state["rng"]["torch"])
+            if not cfg.train.reset_optimizer and "optimizer" in state:
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+                opt.load_state_dict(state["optimizer"])
+            if clf is not None and "classifier" in state:
+                clf.load_state_dict(state["classifier"])
+            start_task = meta["task"] + 1
+            wall_before = float(meta.get("wall_s", 0.0))
+            log.truncate_after(meta["task"])
+            if start_task >= len(data.tasks):
+                print(f"{run_dir} is already complete ({len(data.tasks)} tasks)", file=sys.stderr)
+                log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": wall_before})
+                return run_dir
+            print(f"resuming {run_dir} after task {meta['task']}", file=sys.stderr)
+    if start_task == 0 and cfg.train.init_from:
+        state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
+        model.load_state_dict(state["model"])
+        gen.set_state(state["rng"]["train_gen"])
+        data_gen.set_state(state["rng"]["data_gen"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if clf is not None:
+            clf.load_state_dict(state["classifier"])
+        strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast))
+        # ^ this strategy's own end of task 0 (teacher, memory, importance, ...)
+        src_lines = [r for r in MetricsLog(Path(cfg.train.init_from) / "metrics.jsonl").read() if r.get("task") == 0]
+        log.path.write_text("")
+        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
+                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
+                   "tasks": [list(t) for t in data.tasks]})
+        log.write({"event": "shared", "task": 0, "from": str(cfg.train.init_from)})
+        for r in src_lines:
+            log.write(r)
+        src_grid = Path(cfg.train.init_from) / "samples" / "task_00.png"
+        if src_grid.exists():
+            (run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
+        save_checkpoint(run_dir, "task_00", {"model": model.state_dict(), "strategy": strategy.state_dict(),
+                                             "optimizer": {}, "rng": _rng_state(gen, data_gen)},
+                        {**{k: v for k, v in meta.items() if k not in ("name", "sha256", "bytes", "path",
+                                                                         "format_version")},
+                         "config": cfg.to_dict(), "shared_from": str(cfg.train.init_from)},
+                        keep=cfg.train.keep_checkpoints)
+        start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
+        if cfg.eval.enabled:
+            from .evaluate import write_eval_csv
+            write_eval_csv(run_dir)
+    if start_task == 0:
+        log.path.write_text("")
+        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
+                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
+                   "tasks": [list(t) for t in data.tasks]})
+
+    grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
+                             generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
+    t_run = time.perf_counter() - wall_before
+    for k in range(start_task, len(data.tasks)):
+        classes = strategy.train_classes(k, data.tasks)
+        x_all, _ = data.train(classes)
+        x_all = x_all.to(device)
+        n, b = len(x_all), cfg.train.batch_size
+        steps = steps_for_task(cfg, k, n)
+        if clf is not None:
+            # the classifier trains first, replaying from the diffusion model as it was at the end of task k-1
+            gen_model = frozen_copy(model) if k >= 1 else None
+            log.write(clf.train_task(k, data, gen_model, schedule, autocast))
+            del gen_model
+        if opt is None or cfg.train.reset_optimizer:
+            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        model.train()
+        perm, pos = torch.randperm(n, generator=data_gen), 0
+        acc = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
+        images = student_images = teacher_images = 0
+        t_task = t_log = time.perf_counter()
+        img_since_log = 0
+        bar = tqdm(range(steps), desc=f"task {k} {tuple(data.tasks[k])}", disable=not progress, mininterval=1.0,
+                   file=sys.stderr, dynamic_ncols=True)
+        for step in bar:
+            if pos >= n:
+                perm, pos = torch.randperm(n, generator=data_gen), 0
+            idx = perm[pos:pos + b].to(device)
+            pos += b
+            x0 = x_all[idx]
+            t = schedule.sample_timesteps(len(x0), gen, device)
+            eps = torch.randn(x0.shape, generator=gen, device=device)
+            x_t = schedule.add_noise(x0, t, eps)
+            replay = strategy.replay(StepContext(k, x0, t, eps, x_t, schedule, gen, autocast))
+            inputs, tt = x_t, t
+            if replay is not None and replay.x is not None:
+                inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
+            with autocast():
+                out = model(inputs, tt)
+            out = out.float()
+            loss_real = F.mse_loss(out[: len(x0)], eps)
+            w_real, w_replay = strategy.loss_weights(k, replay is not None)
+            loss = w_real * loss_real
+            loss_replay = torch.zeros((), device=device)
+            if replay is not None:
+                pred = out[len(x0):] if replay.x is not None else out[: len(x0)]
+                loss_replay = F.mse_loss(pred, replay.target)
+                loss = loss + w_replay * loss_replay
+            pen = strategy.penalty(model)
+            if pen is not None:
+                loss = loss + pen
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"task {k} step {step}: the loss is {loss.item()} (real {loss_real.item()}, replay "
+                    f"{loss_replay.item()}); the last good checkpoint is in {run_dir / 'checkpoints'}. "
+                    "Lower train.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            strategy.after_step(model)
+
+            images += len(x0)
+            img_since_log += len(x0)
+            student_images += len(inputs)
+            teacher_images += replay.teacher_images if replay is not None else 0
+            acc["loss"] += loss.item()
+            acc["loss_real"] += loss_real.item()
+            acc["loss_replay"] += loss_replay.item()
+            acc["n"] += 1
+            if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+                now = time.perf_counter()
+                m = acc.pop("n")
+                rec = {"event": "train", "task": k, "step": step + 1, "steps": steps,
+                       **{key: v / m for key, v in acc.items()},
+                       "img_per_s": img_since_log / max(now - t_log, 1e-9),
+                       "student_img_per_s": (img_since_log * len(inputs) / len(x0)) / max(now - t_log, 1e-9),
+                       "wall_s": now - t_run}
+                log.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
+                acc = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
+                t_log, img_since_log = now, 0
+        bar.close()
+        train_s = time.perf_counter() - t_task
+        model.eval()
+        strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast))
+
+        if cfg.train.grid_samples > 0:
+            grid = ddim_sample(model, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
+            save_grid(grid, run_dir / "samples" / f"task_{k:02d}.png")
+        log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
+                   "images_trained": images, "student_images": student_images,
+                   "teacher_image_forwards": teacher_images, "train_s": train_s,
+                   "wall_s": time.perf_counter() - t_run})
+        if cfg.eval.enabled:
+            from .evaluate import evaluate_task, get_evaluator
+
+            if evaluator is None:
+                evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
+            t_eval = time.perf_counter()
+            metrics = evaluate_task(model, schedule, data, k, cfg.eval, evaluator, device, autocast)
+            metrics["eval_s"] = time.perf_counter() - t_eval
+            log.write({"event": "eval", "task": k, **metrics})
+            from .evaluate import write_eval_csv
+            write_eval_csv(run_dir)
+        state = {"model": model.state_dict(), "strategy": strategy.state_dict(), "optimizer": opt.state_dict(),
+                 "rng": _rng_state(gen, data_gen)}
+        if clf is not None:
+            state["classifier"] = clf.state_dict()
+        save_checkpoint(run_dir, f"task_{k:02d}", state,
+                        {"task": k, "step": steps, "complete": True, "wall_s": time.perf_counter() - t_run,
+                         "config": cfg.to_dict(), "tasks": [list(t) for t in data.tasks]},
+                        keep=cfg.train.keep_checkpoints)
+    log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run})
+    return run_dir
+
+
+def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, dict]:
+    """The verified task-0 checkpoint of another run whose task 0 is identical to this run's."""
+    from .checkpoint import load_checkpoint_file
+    from .strategies import REGISTRY
+
+    metas = [m for m in list_checkpoints(src) if m.get("task") == 0]
+    if not metas:
+        raise RunError(f"train.init_from: {src} has no task-0 checkpoint (keep_checkpoints may have pruned it)")
+    state, meta = load_checkpoint_file(Path(metas[-1]["path"]), metas[-1], map_location=device)
+    theirs, mine = meta["config"], cfg.to_dict()
+    src_strategy = REGISTRY.get(theirs["strategy"]["name"])
+    if not (strategy.shares_first_task and src_strategy is not None and src_strategy.shares_first_task):
+        raise RunError(f"train.init_from: task 0 of '{theirs['strategy']['name']}' and '{cfg.strategy['name']}' "
+                       "are not the same computation; train this run from scratch")
+    for key in ("seed", "data", "model", "classifier"):
+        if theirs.get(key) != mine.get(key):
+            raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
+    skip = {"init_from", "keep_checkpoints", "log_every", "threads", "device"}
+    diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
+    if diff:
+        raise RunError(f"train.init_from: {src} differs in train.{', train.'.join(diff)}; task 0 would not be identical")
+    if theirs.get("eval") != mine.get("eval"):
+        raise RunError(f"train.init_from: {src} differs in 'eval'; its task-0 metrics would not be comparable")
+    return state, meta
+
+
+def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSchedule, Config, dict]:
+    """The model, schedule and config of a checkpoint file (``.pt``) or a run folder (its latest)."""
+    from .checkpoint import CheckpointError, load_checkpoint_file
+
+    p = Path(checkpoint)
+    if p.is_dir():
+        found = load_latest(p, map_location=device)
+        if found is None:
+            raise CheckpointError(f"{p}: no usable checkpoint in {p / 'checkpoints'}")
+        state, meta = found
+    else:
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint file or run folder")
+        state, meta = load_checkpoint_file(p, map_location=device)
+    cfg = config_from_dict(meta["config"])
+    from .data import DATASETS
+    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, NoiseSchedule.from_config(cfg.model, device), cfg, meta

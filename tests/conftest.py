@@ -1,0 +1,60 @@
+"""Shared fixtures: synthetic IDX files, an isolated cache, a tiny evaluator."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cldiff.data import FASHION_MNIST, find_dataset_dir, synthetic_dataset, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def real_fmnist_dir() -> Path | None:
+    try:
+        return find_dataset_dir(FASHION_MNIST, None)
+    except Exception:
+        return None
+
+
+needs_real_data = pytest.mark.skipif(real_fmnist_dir() is None, reason="Fashion-MNIST files not installed "
+                                     "(apt-get install dataset-fashion-mnist)")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    # Never touch the user's cache from a test.
+    monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def write_fake_fmnist(folder: Path, compress: bool = True, n_train_per_class=60, n_test_per_class=20) -> Path:
+    """The four Fashion-MNIST IDX files, filled with the synthetic set (small; checksums do not match)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tx, ty, vx, vy = synthetic_dataset(n_train_per_class, n_test_per_class)
+    for key, arr in (("train_images", tx), ("train_labels", ty), ("test_images", vx), ("test_labels", vy)):
+        write_idx(folder / FASHION_MNIST.files[key][0], arr, compress=compress)
+    return folder
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path) -> Path:
+    return write_fake_fmnist(tmp_path / "fmnist")
+
+
+@pytest.fixture(scope="session")
+def synthetic_evaluator():
+    """A small evaluator on the synthetic set (seconds to train)."""
+    from cldiff.evaluate import Evaluator, train_evaluator
+
+    net, info = train_evaluator("synthetic", epochs=2, verbose=False)
+    return Evaluator(net.eval(), "synthetic", "0" * 64, info)
+
+
+def smoke_overrides(data_root: Path) -> list[str]:
+    return [f"data.root={data_root}", "data.verify=false"]

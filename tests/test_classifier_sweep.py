@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from cldiff.classifier import ContinualClassifier, forgetting, kd_loss
+from cldiff.config import ClassifierConfig, load_config
+from cldiff.data import ContinualData
+from cldiff.model import EpsModel, NoiseSchedule
+
+from conftest import CONFIGS, smoke_overrides
+
+
+def test_kd_directions():
+    s = torch.tensor([[2.0, 0.0, -1.0]])
+    t = torch.tensor([[0.0, 1.0, 0.5]])
+    T = 2.0
+    ps, pt = torch.softmax(s / T, 1), torch.softmax(t / T, 1)
+    assert kd_loss(s, t, T) == pytest.approx(float((pt * (pt.log() - ps.log())).sum()), rel=1e-5)
+    assert kd_loss(s, t, T, "paper") == pytest.approx(float(-(ps * pt.log()).sum()), rel=1e-5)
+    assert kd_loss(t, t, T) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_forgetting_from_the_accuracy_matrix():
+    assert forgetting([[0.9]]) is None
+    assert forgetting([[0.9], [0.5, 0.8]]) == pytest.approx(0.4)
+    assert forgetting([[0.9], [0.7, 0.8], [0.6, 0.8, 0.9]]) == pytest.approx(((0.9 - 0.6) + (0.8 - 0.8)) / 2)
+
+
+def test_replay_uses_frozen_copies_and_as_many_replay_as_real(monkeypatch):
+    data = ContinualData("synthetic", [(0, 1), (2, 3)])
+    ccfg = ClassifierConfig(enabled=True, epochs=0.1, batch_size=16, replay_steps=2)
+    clf = ContinualClassifier(ccfg, 1, 10, torch.device("cpu"), seed=0)
+    r0 = clf.train_task(0, data, None, NoiseSchedule(), __import__("contextlib").nullcontext)
+    assert len(r0["acc"]) == 1 and r0["forgetting"] is None
+    prev_state = {k: v.clone() for k, v in clf.prev.state_dict().items()}
+    assert all(not p.requires_grad for p in clf.prev.parameters())
+    gen_model = EpsModel("tiny").eval()
+    calls = []
+    import cldiff.model as model_mod
+    orig = model_mod.ddim_sample
+
+    def spy(model, schedule, noise, steps, *a, **k):
+        calls.append((model, len(noise), steps))
+        return orig(model, schedule, noise, steps, *a, **k)
+    monkeypatch.setattr(model_mod, "ddim_sample", spy)
+    r1 = clf.train_task(1, data, gen_model, NoiseSchedule(), __import__("contextlib").nullcontext)
+    assert calls and all(m is gen_model and n == 16 and s == 2 for m, n, s in calls)  # replay count = real batch
+    assert len(r1["acc"]) == 2 and r1["forgetting"] is not None
+    # the soft-target teacher during task 1 was the end-of-task-0 classifier, unchanged by task 1
+    assert any(not torch.equal(prev_state[k], v) for k, v in clf.net.state_dict().items())
+
+
+def test_run_with_classifier_logs_accuracy_matrix(fake_fmnist, tmp_path):
+    from cldiff.train import train
+    cfg = load_config(CONFIGS / "split_fmnist" / "smoke.yaml", smoke_overrides(fake_fmnist) + [
+        "classifier.enabled=true", "classifier.epochs=0.5", "classifier.batch_size=16", "classifier.replay_steps=2"])
+    out = train(cfg, out=str(tmp_path / "r"), progress=False)
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ce = [r for r in recs if r["event"] == "classifier_eval"]
+    assert [len(r["acc"]) for r in ce] == [1, 2]
+    order = [r["event"] for r in recs if r.get("task") == 1 and r["event"] in ("classifier_eval", "train")]
+    assert order[0] == "classifier_eval"  # the classifier trains first within a task
+
+
+def test_sweep_expands_grid_and_skips_finished_runs(fake_fmnist, tmp_path, monkeypatch):
+    from cldiff import sweep
+    sw = tmp_path / "s.yaml"
+    sw.write_text(yaml.safe_dump({
+        "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / "out"),
+        "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 2},
+        "grid": {"seed": [42, 69], "strategy": [{"name": "naive"},
+                                                  {"name": "generative_distillation", "lam": [0.5, 1.0]}]}}))
+    runs, _ = sweep.plan(sw)
+    assert len(runs) == 6 and len({r.out for r in runs}) == 6
+    assert {r.cfg.strategy.get("lam") for r in runs} == {None, 0.5, 1.0}
+    sweep.run_sweep(sw, progress=False)
+    assert (tmp_path / "out" / "report" / "report.md").exists()
+    # the second run of each seed reused the first one's task 0
+    shared = [r for r in runs if '"shared"' in (r.out / "metrics.jsonl").read_text()]
+    assert len(shared) == 4
+    calls = []
+    monkeypatch.setattr("cldiff.train.train", lambda *a, **k: calls.append(1))
+    sweep.run_sweep(sw, progress=False)
+    assert calls == []  # everything finished: nothing rerun

@@ -1,0 +1,50 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from cldiff.config import Config
+from cldiff.report import make_report, mean_sem
+
+
+def _fake_run(folder, seed, strategy, fids, klds):
+    folder.mkdir(parents=True)
+    cfg = Config(seed=seed, strategy={"name": strategy}).to_dict()
+    cfg["data"]["num_tasks"] = len(fids)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = [{"event": "start", "task": -1}]
+    for k, (f, q) in enumerate(zip(fids, klds)):
+        lines.append({"event": "task_end", "task": k, "images_trained": 100, "teacher_image_forwards": 300 * k,
+                      "wall_s": 10.0 * (k + 1)})
+        lines.append({"event": "eval", "task": k, "fid_fmnist": f, "kld": q, "ard": q / 2,
+                      "hist_pred": [0.1] * 10, "hist_true": [0.1] * 10})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (folder / "samples").mkdir()
+    return folder
+
+
+def test_report_mean_and_sem(tmp_path):
+    runs = [_fake_run(tmp_path / "gd1", 42, "generative_distillation", [10, 20], [0.1, 0.2]),
+            _fake_run(tmp_path / "gd2", 69, "generative_distillation", [10, 30], [0.1, 0.4]),
+            _fake_run(tmp_path / "gr1", 42, "generative_replay", [10, 100], [0.1, 3.0])]
+    out = make_report(runs, tmp_path / "rep")
+    res = json.loads((out / "results.json").read_text())
+    gd = next(g for g in res if g["strategy"] == "generative_distillation")
+    assert gd["seeds"] == [42, 69]
+    m, s = gd["final"]["fid_fmnist"]
+    assert m == pytest.approx(25.0) and s == pytest.approx(5.0)  # std(20, 30) = 7.07; / sqrt(2) = 5
+    assert gd["final"]["kld"][0] == pytest.approx(0.3)
+    gr = next(g for g in res if g["strategy"] == "generative_replay")
+    assert gr["final"]["fid_fmnist"] == [100.0, None]  # one seed: no SEM
+    md = (out / "report.md").read_text()
+    assert "25.00 ± 5.00" in md and "100.00" in md and "not* Inception FID" in md
+    assert (out / "fid_per_task.png").stat().st_size > 1000 and (out / "class_histograms.png").exists()
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 3 and csv[0].startswith("strategy,seeds,fid_fmnist_mean")
+
+
+def test_mean_sem():
+    assert mean_sem([1, 2, 3]) == (2.0, pytest.approx(1 / math.sqrt(3)))
+    assert mean_sem([]) == (None, None)

@@ -1,0 +1,104 @@
+import copy
+
+import pytest
+import torch
+
+from cldiff.model import EpsModel, NoiseSchedule, ddim_sample, frozen_copy
+from cldiff.strategies import REGISTRY, StepContext, TaskContext, build_strategy
+
+
+def _ctx(k=1, b=4, seed=0):
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(b, 1, 32, 32) * 2 - 1
+    t = s.sample_timesteps(b, g, "cpu")
+    eps = torch.randn(x0.shape, generator=g)
+    return StepContext(k, x0, t, eps, s.add_noise(x0, t, eps), s, g)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return EpsModel("tiny").eval()
+
+
+def _with_teacher(name, model, **kw):
+    st = build_strategy({"name": name, **kw})
+    st.end_task(model, TaskContext(0, None, [], NoiseSchedule(), torch.device("cpu")))
+    return st
+
+
+def test_task0_never_replays(model):
+    for name in ("generative_replay", "generative_distillation"):
+        assert build_strategy({"name": name}).replay(_ctx(k=0)) is None
+
+
+def test_gd_target_is_the_teacher_prediction_on_the_same_input(model):
+    st = _with_teacher("generative_distillation", model, teacher_steps=2)
+    ctx = _ctx()
+    r = st.replay(ctx)
+    assert r.x.shape == ctx.x0.shape and r.t.shape == ctx.t.shape  # as many replay samples as real ones
+    with torch.no_grad():
+        expected = st.teacher(r.x, r.t)
+    torch.testing.assert_close(r.target, expected, atol=1e-5, rtol=1e-4)
+    assert r.teacher_images == 3 * len(ctx.x0)  # S DDIM steps + one target forward
+
+
+def test_gr_target_is_the_fresh_noise(model):
+    st = _with_teacher("generative_replay", model, teacher_steps=2)
+    ctx = _ctx(seed=3)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(ctx.generator.get_state())
+    r = st.replay(ctx)
+    # redo the draws in the same order: z, (DDIM), t~, e'
+    z = torch.randn(ctx.x0.shape, generator=g)
+    x0_tilde = ddim_sample(st.teacher, ctx.schedule, z, 2, 0.0, g)
+    t_tilde = ctx.schedule.sample_timesteps(len(z), g, "cpu")
+    e_prime = torch.randn(z.shape, generator=g)
+    assert torch.equal(r.t, t_tilde)
+    torch.testing.assert_close(r.target, e_prime)
+    torch.testing.assert_close(r.x, ctx.schedule.add_noise(x0_tilde, t_tilde, e_prime))
+    assert not torch.allclose(r.target, st.teacher(r.x, r.t))  # GR is not distillation
+    assert r.teacher_images == 2 * len(z)
+
+
+def test_gr_and_gd_share_the_replay_inputs(model):
+    gr = _with_teacher("generative_replay", model)
+    gd = _with_teacher("generative_distillation", model)
+    a, b = gr.replay(_ctx(seed=5)), gd.replay(_ctx(seed=5))
+    torch.testing.assert_close(a.x, b.x)
+    assert torch.equal(a.t, b.t)
+
+
+def test_teacher_is_a_frozen_copy(model):
+    st = _with_teacher("generative_distillation", model)
+    assert all(not p.requires_grad for p in st.teacher.parameters()) and not st.teacher.training
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(st.teacher.parameters(), model.parameters()))
+    torch.testing.assert_close(st.teacher.state_dict(), model.state_dict())
+
+
+def test_loss_weights_follow_the_paper():
+    gd = build_strategy({"name": "generative_distillation", "lam": 2.0})
+    assert gd.loss_weights(0, False) == (1.0, 0.0)
+    assert gd.loss_weights(1, True) == (0.5, 1.0)  # w_1 = 1/2; (1 - w) * lambda
+    w, r = gd.loss_weights(4, True)
+    assert w == pytest.approx(0.2) and r == pytest.approx(0.8 * 2.0)
+    assert build_strategy({"name": "naive"}).loss_weights(3, False) == (1.0, 0.0)
+
+
+def test_joint_trains_on_the_union():
+    tasks = [(2, 6), (1, 8), (4, 5)]
+    assert build_strategy({"name": "joint"}).train_classes(2, tasks) == [2, 6, 1, 8, 4, 5]
+    assert build_strategy({"name": "naive"}).train_classes(2, tasks) == [4, 5]
+
+
+def test_strategy_config_errors_teach():
+    from cldiff.strategies import validate_strategy
+    p = validate_strategy({"name": "generative_distillation", "teacher_steps": 0, "lam": -1.0})
+    assert any("teacher_steps >= 1, got 0" in x for x in p) and any("lam" in x for x in p)
+    assert "did you mean 'generative_replay'" in validate_strategy({"name": "generative_replya"})[0]
+    assert "did you mean 'teacher_steps'" in validate_strategy({"name": "generative_replay", "teacher_step": 2})[0]
+
+
+def test_registry_has_the_core_strategies():
+    assert {"naive", "joint", "generative_replay", "generative_distillation"} <= set(REGISTRY)

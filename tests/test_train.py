@@ -1,0 +1,131 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cldiff.checkpoint import list_checkpoints, load_checkpoint_file, load_latest
+from cldiff.config import load_config
+from cldiff.train import train
+
+from conftest import CONFIGS, smoke_overrides
+
+SMOKE = CONFIGS / "split_fmnist" / "smoke.yaml"
+
+
+def _cfg(root, *extra):
+    return load_config(SMOKE, smoke_overrides(root) + list(extra))
+
+
+def test_cli_train_on_smoke_writes_the_run_folder(fake_fmnist, tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--out", str(out),
+                        "--no-progress", *sum((["--set", s] for s in smoke_overrides(fake_fmnist)), [])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (out / "config.yaml").exists()
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [x["event"] for x in recs]
+    assert events[0] == "start" and events[-1] == "done" and events.count("task_end") == 2
+    train_lines = [x for x in recs if x["event"] == "train"]
+    assert {x["task"] for x in train_lines} == {0, 1}
+    for x in train_lines:
+        assert {"loss", "loss_real", "loss_replay", "img_per_s", "wall_s", "step"} <= set(x)
+    # task 0 has no replay; task 1 replays (GD) and the teacher worked for it
+    assert all(x["loss_replay"] == 0 for x in train_lines if x["task"] == 0)
+    assert all(x["loss_replay"] > 0 for x in train_lines if x["task"] == 1)
+    ends = [x for x in recs if x["event"] == "task_end"]
+    assert ends[0]["teacher_image_forwards"] == 0
+    assert ends[1]["teacher_image_forwards"] == 3 * ends[1]["images_trained"]  # S=2 steps + 1 target forward
+    assert ends[1]["student_images"] == 2 * ends[1]["images_trained"]  # as many replay as real
+    metas = list_checkpoints(out)
+    assert [m["task"] for m in metas] == [0, 1]
+    state, meta = load_checkpoint_file(out / "checkpoints" / "task_01.pt")
+    assert "model" in state and "teacher" in state["strategy"] and meta["config"]["strategy"]["name"] == \
+        "generative_distillation"
+    for k in (0, 1):
+        img = Image.open(out / "samples" / f"task_{k:02d}.png")
+        assert img.size == (4 * 34 + 2, 4 * 34 + 2)  # 16 samples, 4x4 grid of 32 px with 2 px padding
+
+
+def test_cli_sample_from_a_run(fake_fmnist, tmp_path):
+    out = train(_cfg(fake_fmnist, "data.num_tasks=1"), out=str(tmp_path / "r"), progress=False)
+    png, npz = tmp_path / "g.png", tmp_path / "g.npz"
+    r = subprocess.run([sys.executable, "-m", "cldiff", "sample", str(out), "--n", "9", "--steps", "2", "--out",
+                        str(png), "--npz", str(npz)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(png).size == (3 * 34 + 2, 3 * 34 + 2)
+    assert np.load(npz)["images"].shape == (9, 32, 32)
+    r = subprocess.run([sys.executable, "-m", "cldiff", "sample", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_train_step_changes_student_not_teacher(fake_fmnist, tmp_path):
+    out = train(_cfg(fake_fmnist), out=str(tmp_path / "r"), progress=False)
+    s0, _ = load_checkpoint_file(out / "checkpoints" / "task_00.pt")
+    s1, _ = load_checkpoint_file(out / "checkpoints" / "task_01.pt")
+    # the teacher during task 1 was the end-of-task-0 model and it is unchanged
+    t1 = s0["strategy"]["teacher"]
+    for k, v in s0["model"].items():
+        assert torch.equal(t1[k], v)
+    # the student moved during task 1
+    assert any(not torch.equal(s1["model"][k], v) for k, v in s0["model"].items())
+
+
+def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path):
+    cfg = _cfg(fake_fmnist, "train.keep_checkpoints=5")
+    full = train(cfg, out=str(tmp_path / "full"), progress=False)
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for suffix in (".json", ".pt"):
+        (part / "checkpoints" / f"task_01{suffix}").unlink()
+    train(cfg, out=str(part), resume=True, progress=False)
+    a, _ = load_latest(full)
+    b, _ = load_latest(part)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    la = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (part / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [(r["event"], r["task"], r.get("step"), r.get("loss")) for r in rs]
+    assert strip(la) == strip(lb)  # same lines, no duplicates
+
+
+def test_existing_run_needs_resume(fake_fmnist, tmp_path):
+    cfg = _cfg(fake_fmnist, "data.num_tasks=1")
+    train(cfg, out=str(tmp_path / "r"), progress=False)
+    from cldiff.train import RunError
+    with pytest.raises(RunError, match="--resume"):
+        train(cfg, out=str(tmp_path / "r"), progress=False)
+
+
+@pytest.mark.parametrize("name", ["naive", "joint", "generative_replay"])
+def test_other_core_strategies_run(fake_fmnist, tmp_path, name):
+    out = train(_cfg(fake_fmnist, f"strategy={{name: {name}}}"), out=str(tmp_path / name), progress=False)
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    ends = [r for r in recs if r["event"] == "task_end"]
+    replaying = name == "generative_replay"
+    assert (ends[1]["teacher_image_forwards"] > 0) == replaying
+    if name == "joint":
+        assert ends[1]["classes"] == [2, 6, 1, 8]
+
+
+def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, tmp_path):
+    gd = train(_cfg(fake_fmnist), out=str(tmp_path / "gd"), progress=False)
+    scratch = train(_cfg(fake_fmnist, "strategy={name: generative_replay}"), out=str(tmp_path / "gr"), progress=False)
+    shared = train(_cfg(fake_fmnist, "strategy={name: generative_replay}", f"train.init_from={gd}"),
+                   out=str(tmp_path / "gr_shared"), progress=False)
+    a, _ = load_latest(scratch)
+    b, mb = load_latest(shared)
+    assert mb["task"] == 1
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    recs = [json.loads(x) for x in (shared / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["event"] == "shared" for r in recs)
+    # a run whose task 0 differs is refused
+    from cldiff.train import RunError
+    with pytest.raises(RunError, match="train.lr"):
+        train(_cfg(fake_fmnist, "train.lr=0.001", f"train.init_from={gd}"), out=str(tmp_path / "x"), progress=False)
