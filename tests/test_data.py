@@ -112,3 +112,33 @@ def test_real_fashion_mnist_verifies_and_splits():
     xt, _ = d.test(d.tasks[0])
     assert len(xt) == 2000
     assert -1.0 <= x.min() < -0.99 and 0.99 < x.max() <= 1.0
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not_idx", "missing", "checksum"])
+def test_cli_broken_data_is_one_line_error(tmp_path, damage, monkeypatch):
+    import subprocess
+    import sys
+    from conftest import CONFIGS
+    d = write_fake_fmnist(tmp_path / "d", compress=False)
+    f = d / "train-images-idx3-ubyte"
+    verify = "false"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[:-100])
+    elif damage == "not_idx":
+        f.write_bytes(b"<html>not found</html>" * 10)
+    elif damage == "missing":
+        f.unlink()
+    else:
+        verify = "true"
+    env = {**__import__("os").environ, "HOME": str(tmp_path), "CLDIFF_DATA": ""}
+    r = subprocess.run([sys.executable, "-m", "cldiff", "train", "--config", str(CONFIGS / "split_fmnist" / "smoke.yaml"),
+                        "--out", str(tmp_path / "r"), "--set", f"data.root={d}", "--set", f"data.verify={verify}",
+                        "--set", "data.dataset=fashion_mnist"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    if damage != "missing":
+        assert "train-images-idx3-ubyte" in lines[0] and ("fetch it again" in lines[0] or "expected the" in lines[0])
+    else:
+        assert "not found" in lines[0] and "missing: train-images-idx3-ubyte" in lines[0]

@@ -75,7 +75,8 @@ def save_checkpoint(run_dir: Path, name: str, state: dict, meta: dict, keep: int
 
 
 def _order(meta: dict) -> tuple:
-    return (meta.get("task", -1), meta.get("step", -1), meta.get("complete", False))
+    """Progress order: by task, then step; at equal step an end-of-task checkpoint is newer."""
+    return (meta.get("task", -1), meta.get("step", -1), bool(meta.get("complete", True)))
 
 
 def list_checkpoints(run_dir: Path) -> list[dict]:
@@ -93,9 +94,17 @@ def list_checkpoints(run_dir: Path) -> list[dict]:
 
 
 def prune(ckdir: Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints; task 0's is always kept (runs share it)."""
-    metas = [m for m in list_checkpoints(ckdir.parent) if m.get("task") != 0]
-    for meta in metas[:-keep] if keep > 0 else []:
+    """Keep the newest ``keep`` end-of-task checkpoints (task 0's always: runs share it) and only the newest
+    mid-task one, if it is newer than every end-of-task checkpoint."""
+    metas = list_checkpoints(ckdir.parent)
+    complete = [m for m in metas if m.get("complete", True)]
+    mid = [m for m in metas if not m.get("complete", True)]
+    newest = _order(complete[-1]) if complete else None
+    drop = [m for m in complete[:-keep] if m.get("task") != 0] if keep > 0 else []
+    drop += mid[:-1]
+    if mid and newest is not None and _order(mid[-1]) < newest:
+        drop.append(mid[-1])
+    for meta in drop:
         for suffix in (".json", ".pt"):  # JSON first: a half-pruned checkpoint is never "found"
             try:
                 Path(meta["path"]).with_suffix(suffix).unlink()

@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set strategy.lam=0.5 (repeatable)")
     t.add_argument("--resume", action="store_true", help="continue the run in the folder from its latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--nan-policy", choices=["stop", "skip"], help="what a NaN/Inf loss does (default: stop, exit 3)")
 
     s = sub.add_parser("sample", help="draw a sample grid from a checkpoint",
                        description="Draw samples from a checkpoint (.pt) or the latest checkpoint of a run folder.")
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print("cldiff: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # RunError / TrainingDiverged have their own codes
-        from .train import RunError, TrainingDiverged
+        from .train import Interrupted, RunError, TrainingDiverged
+        if isinstance(e, Interrupted):
+            print(f"cldiff: {e}", file=sys.stderr)
+            return 130
         if isinstance(e, RunError):
             print(f"cldiff: error: {e}", file=sys.stderr)
             return 2
@@ -123,7 +127,7 @@ def _dispatch(args, parser) -> int:
     if args.cmd == "train":
         from .config import load_config
         from .train import train
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set + ([f"train.nan_policy={args.nan_policy}"] if args.nan_policy else []))
         run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
         print(f"run folder: {run_dir}")
         return 0

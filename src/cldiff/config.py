@@ -65,6 +65,8 @@ class TrainConfig:
     grid_samples: int = 64  # images in the per-task fixed-noise sample grid
     grid_steps: int = 20  # DDIM steps for the sample grid
     keep_checkpoints: int = 2  # end-of-task checkpoints kept on disk (the newest ones)
+    checkpoint_every: int | None = None  # also checkpoint every N steps within a task (exact mid-task resume)
+    nan_policy: str = "stop"  # stop: a NaN/Inf loss ends the run (exit 3); skip: skip that batch and count it
     init_from: str | None = None  # a run folder (same data, model, seed, training) whose task-0 result this run reuses
 
 
@@ -217,12 +219,11 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(d.max_train_per_task is None or d.max_train_per_task >= 1,
          f"data.max_train_per_task: must be >= 1 or null, got {d.max_train_per_task}")
     need(d.image_size in (28, 32), f"data.image_size: must be 28 or 32, got {d.image_size}")
-    if d.dataset in DATASETS and d.num_tasks >= 1 and d.classes_per_task >= 1:
-        try:
-            resolve_class_order(d.class_order, cfg.seed, d.num_tasks, d.classes_per_task,
-                                DATASETS[d.dataset].num_classes)
-        except ValueError as e:
-            problems.append(f"data.class_order: {e}")
+    try:  # checked even when other data fields are wrong, so that every problem is reported at once
+        n_classes = DATASETS[d.dataset].num_classes if d.dataset in DATASETS else 10
+        resolve_class_order(d.class_order, cfg.seed, max(1, d.num_tasks), max(1, d.classes_per_task), n_classes)
+    except ValueError as e:
+        problems.append(f"data.class_order: {e}")
     m = cfg.model
     need(m.preset in PRESETS, f"model.preset: unknown preset {m.preset!r}; allowed: {', '.join(PRESETS)}")
     need(m.num_train_timesteps >= 2, f"model.num_train_timesteps: must be >= 2, got {m.num_train_timesteps}")
@@ -245,6 +246,9 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(t.log_every >= 1, f"train.log_every: must be >= 1, got {t.log_every}")
     need(t.grid_samples >= 0, f"train.grid_samples: must be >= 0, got {t.grid_samples}")
     need(t.grid_steps >= 1, f"train.grid_steps: must be >= 1, got {t.grid_steps}")
+    need(t.checkpoint_every is None or t.checkpoint_every >= 1,
+         f"train.checkpoint_every: must be >= 1 or null, got {t.checkpoint_every}")
+    need(t.nan_policy in ("stop", "skip"), f"train.nan_policy: must be stop or skip, got {t.nan_policy!r}")
     need(t.keep_checkpoints >= 1, f"train.keep_checkpoints: must be >= 1, got {t.keep_checkpoints}")
     e = cfg.eval
     need(e.n_samples >= 2, f"eval.n_samples: must be >= 2, got {e.n_samples}")

@@ -147,15 +147,15 @@ def find_dataset_dir(spec: DatasetSpec, root: str | None = None) -> Path:
     """The first folder holding all four IDX files (plain or .gz), in search order."""
     searched = _candidate_dirs(spec, root)
     for d in searched:
-        if all(_file_in(d, spec.files[k][0]) for k in SPLIT_FILES):
+        have = [k for k in SPLIT_FILES if _file_in(d, spec.files[k][0])]
+        if len(have) == len(SPLIT_FILES):
             return d
-    partial = [d for d in searched if any(_file_in(d, spec.files[k][0]) for k in SPLIT_FILES)]
-    hint = ""
-    if partial:
-        missing = [spec.files[k][0] for k in SPLIT_FILES if not _file_in(partial[0], spec.files[k][0])]
-        hint = f" {partial[0]} holds only some of the files (missing: {', '.join(missing)})."
+        if have:  # an incomplete copy is reported, not silently skipped for another one
+            missing = [spec.files[k][0] for k in SPLIT_FILES if k not in have]
+            raise DataError(f"{spec.name} not found complete: {d} holds only some of the files (missing: "
+                            f"{', '.join(missing)}). To fix: {spec.howto}")
     raise DataError(
-        f"{spec.name} not found. Searched: {', '.join(str(d) for d in searched)}.{hint} To fix: {spec.howto}")
+        f"{spec.name} not found. Searched: {', '.join(str(d) for d in searched)}. To fix: {spec.howto}")
 
 
 def _read_bytes(path: Path) -> bytes:

@@ -12,7 +12,9 @@ import json
 import math
 import contextlib
 import random
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -47,12 +49,23 @@ class MetricsLog:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
 
-    def truncate_after(self, task: int) -> None:
-        """Keep only records of tasks <= ``task`` (used on resume: no duplicate lines)."""
+    def truncate_after(self, task: int, keep=None) -> None:
+        """Keep records of tasks <= ``task`` and those ``keep(record)`` accepts (on resume: no duplicates).
+
+        A last line cut by a crash is dropped.
+        """
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("task", -1) <= task]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        out = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                r = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            if r.get("task", -1) <= task or (keep is not None and keep(r)):
+                out.append(ln)
+        from .checkpoint import atomic_write_bytes
+        atomic_write_bytes(self.path, "".join(ln + "\n" for ln in out).encode())
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -97,9 +110,42 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
     return run_dir
 
 
+class Interrupted(RuntimeError):
+    """Ctrl-C: a checkpoint was written at the current step (exit status 130)."""
+
+
+class _InterruptFlag:
+    """First SIGINT: ask the loop to checkpoint and stop after the current step. Second: stop at once."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.set:
+            raise KeyboardInterrupt  # second Ctrl-C: leave now (checkpoint writes are atomic)
+        self.set = True
+        print("\ninterrupt: writing a checkpoint after this step (Ctrl-C again to quit at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
 def train(cfg: Config, out: str | None = None, resume: bool = False, progress: bool = True,
           evaluator=None) -> Path:
     """Run every task of ``cfg``; returns the run folder. See the module docstring for the maths."""
+    with _InterruptFlag() as flag:
+        return _train(cfg, out, resume, progress, evaluator, flag)
+
+
+def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
     resume = resume or cfg.resume == "auto"
     run_dir = prepare_run_dir(cfg, out, resume)
     log = MetricsLog(run_dir / "metrics.jsonl")
@@ -118,10 +164,16 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
     opt = None
     start_task, wall_before = 0, 0.0
+    mid = None  # the state of an interrupted task, when resuming mid-task
     clf = None
     if cfg.classifier.enabled:
         from .classifier import ContinualClassifier
         clf = ContinualClassifier(cfg.classifier, data.spec.channels, data.spec.num_classes, device, cfg.seed)
+
+    def header():
+        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
+                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
+                   "tasks": [list(t) for t in data.tasks]})
 
     if resume:
         found = load_latest(run_dir, map_location=device)
@@ -132,20 +184,29 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
             gen.set_state(state["rng"]["train_gen"])
             data_gen.set_state(state["rng"]["data_gen"])
             torch.set_rng_state(state["rng"]["torch"])
-            if not cfg.train.reset_optimizer and "optimizer" in state:
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-                opt.load_state_dict(state["optimizer"])
             if clf is not None and "classifier" in state:
                 clf.load_state_dict(state["classifier"])
-            start_task = meta["task"] + 1
             wall_before = float(meta.get("wall_s", 0.0))
-            log.truncate_after(meta["task"])
+            if meta.get("complete", True):
+                if not cfg.train.reset_optimizer and state.get("optimizer"):
+                    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+                    opt.load_state_dict(state["optimizer"])
+                start_task = meta["task"] + 1
+                log.truncate_after(meta["task"])
+            else:
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+                opt.load_state_dict(state["optimizer"])
+                start_task = meta["task"]
+                mid = {"step": meta["step"], "perm": state["task"]["perm"], "pos": int(state["task"]["pos"]),
+                       **meta["task_counters"]}
+                log.truncate_after(meta["task"] - 1, keep=lambda r: r.get("task") == meta["task"] and (
+                    r["event"] == "classifier_eval" or (r["event"] == "train" and r["step"] <= meta["step"])))
             if start_task >= len(data.tasks):
                 print(f"{run_dir} is already complete ({len(data.tasks)} tasks)", file=sys.stderr)
-                log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": wall_before})
                 return run_dir
-            print(f"resuming {run_dir} after task {meta['task']}", file=sys.stderr)
-    if start_task == 0 and cfg.train.init_from:
+            where = f"task {meta['task']} step {meta['step']}" if mid else f"after task {meta['task']}"
+            print(f"resuming {run_dir} from {where}", file=sys.stderr)
+    if start_task == 0 and mid is None and cfg.train.init_from:
         state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
         model.load_state_dict(state["model"])
         gen.set_state(state["rng"]["train_gen"])
@@ -153,34 +214,26 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
         torch.set_rng_state(state["rng"]["torch"])
         if clf is not None:
             clf.load_state_dict(state["classifier"])
+        # this strategy's own end of task 0 (teacher, memory, importance, ...)
         strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast))
-        # ^ this strategy's own end of task 0 (teacher, memory, importance, ...)
         src_lines = [r for r in MetricsLog(Path(cfg.train.init_from) / "metrics.jsonl").read() if r.get("task") == 0]
         log.path.write_text("")
-        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
-                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
-                   "tasks": [list(t) for t in data.tasks]})
+        header()
         log.write({"event": "shared", "task": 0, "from": str(cfg.train.init_from)})
         for r in src_lines:
             log.write(r)
         src_grid = Path(cfg.train.init_from) / "samples" / "task_00.png"
         if src_grid.exists():
             (run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
-        save_checkpoint(run_dir, "task_00", {"model": model.state_dict(), "strategy": strategy.state_dict(),
-                                             "optimizer": {}, "rng": _rng_state(gen, data_gen)},
-                        {**{k: v for k, v in meta.items() if k not in ("name", "sha256", "bytes", "path",
-                                                                         "format_version")},
-                         "config": cfg.to_dict(), "shared_from": str(cfg.train.init_from)},
-                        keep=cfg.train.keep_checkpoints)
+        _save(run_dir, cfg, data, model, strategy, None, clf, gen, data_gen,
+              {k: v for k, v in meta.items() if k in ("task", "step", "wall_s")}, {"shared_from": str(cfg.train.init_from)})
         start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
         if cfg.eval.enabled:
             from .evaluate import write_eval_csv
             write_eval_csv(run_dir)
-    if start_task == 0:
+    if start_task == 0 and mid is None:
         log.path.write_text("")
-        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
-                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
-                   "tasks": [list(t) for t in data.tasks]})
+        header()
 
     grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
                              generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
@@ -191,82 +244,70 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
         x_all = x_all.to(device)
         n, b = len(x_all), cfg.train.batch_size
         steps = steps_for_task(cfg, k, n)
-        if clf is not None:
-            # the classifier trains first, replaying from the diffusion model as it was at the end of task k-1
-            gen_model = frozen_copy(model) if k >= 1 else None
-            log.write(clf.train_task(k, data, gen_model, schedule, autocast))
-            del gen_model
-        if opt is None or cfg.train.reset_optimizer:
-            opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        if mid is None:
+            if clf is not None:
+                # the classifier trains first, replaying from the diffusion model as it was at the end of task k-1
+                gen_model = frozen_copy(model) if k >= 1 else None
+                log.write(clf.train_task(k, data, gen_model, schedule, autocast))
+                del gen_model
+            if opt is None or cfg.train.reset_optimizer:
+                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+            perm, pos = torch.randperm(n, generator=data_gen), 0
+            c = {"images": 0, "student_images": 0, "teacher_images": 0, "skipped": 0, "train_s": 0.0,
+                 "acc": {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}}
+            first_step = 0
+        else:
+            perm, pos, first_step = mid["perm"], mid["pos"], mid["step"]
+            c = {key: mid[key] for key in ("images", "student_images", "teacher_images", "skipped", "train_s", "acc")}
+            mid = None
         model.train()
-        perm, pos = torch.randperm(n, generator=data_gen), 0
-        acc = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
-        images = student_images = teacher_images = 0
         t_task = t_log = time.perf_counter()
         img_since_log = 0
-        bar = tqdm(range(steps), desc=f"task {k} {tuple(data.tasks[k])}", disable=not progress, mininterval=1.0,
-                   file=sys.stderr, dynamic_ncols=True)
+        bar = tqdm(range(first_step, steps), desc=f"task {k} {tuple(data.tasks[k])}", disable=not progress,
+                   mininterval=1.0, file=sys.stderr, dynamic_ncols=True, initial=first_step, total=steps)
         for step in bar:
             if pos >= n:
                 perm, pos = torch.randperm(n, generator=data_gen), 0
             idx = perm[pos:pos + b].to(device)
             pos += b
             x0 = x_all[idx]
-            t = schedule.sample_timesteps(len(x0), gen, device)
-            eps = torch.randn(x0.shape, generator=gen, device=device)
-            x_t = schedule.add_noise(x0, t, eps)
-            replay = strategy.replay(StepContext(k, x0, t, eps, x_t, schedule, gen, autocast))
-            inputs, tt = x_t, t
-            if replay is not None and replay.x is not None:
-                inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
-            with autocast():
-                out = model(inputs, tt)
-            out = out.float()
-            loss_real = F.mse_loss(out[: len(x0)], eps)
-            w_real, w_replay = strategy.loss_weights(k, replay is not None)
-            loss = w_real * loss_real
-            loss_replay = torch.zeros((), device=device)
-            if replay is not None:
-                pred = out[len(x0):] if replay.x is not None else out[: len(x0)]
-                loss_replay = F.mse_loss(pred, replay.target)
-                loss = loss + w_replay * loss_replay
-            pen = strategy.penalty(model)
-            if pen is not None:
-                loss = loss + pen
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"task {k} step {step}: the loss is {loss.item()} (real {loss_real.item()}, replay "
-                    f"{loss_replay.item()}); the last good checkpoint is in {run_dir / 'checkpoints'}. "
-                    "Lower train.lr or check the data")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            strategy.after_step(model)
-
-            images += len(x0)
-            img_since_log += len(x0)
-            student_images += len(inputs)
-            teacher_images += replay.teacher_images if replay is not None else 0
-            acc["loss"] += loss.item()
-            acc["loss_real"] += loss_real.item()
-            acc["loss_replay"] += loss_replay.item()
-            acc["n"] += 1
+            r = train_step(model, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
+                           cfg.train.nan_policy, run_dir, step)
+            if r is None:  # non-finite loss skipped (nan_policy: skip)
+                c["skipped"] += 1
+            else:
+                c["images"] += len(x0)
+                img_since_log += len(x0)
+                c["student_images"] += r["student_images"]
+                c["teacher_images"] += r["teacher_images"]
+                for key in ("loss", "loss_real", "loss_replay"):
+                    c["acc"][key] += r[key]
+                c["acc"]["n"] += 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                 now = time.perf_counter()
-                m = acc.pop("n")
+                m = max(c["acc"].pop("n"), 1)
+                ratio = r["student_images"] / len(x0) if r is not None else 1.0
                 rec = {"event": "train", "task": k, "step": step + 1, "steps": steps,
-                       **{key: v / m for key, v in acc.items()},
+                       **{key: v / m for key, v in c["acc"].items()},
                        "img_per_s": img_since_log / max(now - t_log, 1e-9),
-                       "student_img_per_s": (img_since_log * len(inputs) / len(x0)) / max(now - t_log, 1e-9),
-                       "wall_s": now - t_run}
+                       "student_img_per_s": img_since_log * ratio / max(now - t_log, 1e-9),
+                       "skipped_nonfinite": c["skipped"], "wall_s": now - t_run}
                 log.write(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
-                acc = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
+                c["acc"] = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
                 t_log, img_since_log = now, 0
+            every = cfg.train.checkpoint_every
+            if flag.set or (every and (step + 1) % every == 0 and step + 1 < steps):
+                c_now = {**c, "train_s": c["train_s"] + time.perf_counter() - t_task}
+                _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
+                      {"task": k, "step": step + 1, "wall_s": time.perf_counter() - t_run},
+                      {"complete": False, "task_counters": c_now}, task_state={"perm": perm, "pos": torch.tensor(pos)})
+                if flag.set:
+                    bar.close()
+                    raise Interrupted(f"interrupted at task {k} step {step + 1}; checkpoint written. "
+                                      f"Continue with: cldiff train --config {run_dir / 'config.yaml'} --out {run_dir} --resume")
         bar.close()
-        train_s = time.perf_counter() - t_task
+        train_s = c["train_s"] + time.perf_counter() - t_task
         model.eval()
         strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast))
 
@@ -274,11 +315,11 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
             grid = ddim_sample(model, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
             save_grid(grid, run_dir / "samples" / f"task_{k:02d}.png")
         log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
-                   "images_trained": images, "student_images": student_images,
-                   "teacher_image_forwards": teacher_images, "train_s": train_s,
-                   "wall_s": time.perf_counter() - t_run})
+                   "images_trained": c["images"], "student_images": c["student_images"],
+                   "teacher_image_forwards": c["teacher_images"], "skipped_nonfinite": c["skipped"],
+                   "train_s": train_s, "wall_s": time.perf_counter() - t_run})
         if cfg.eval.enabled:
-            from .evaluate import evaluate_task, get_evaluator
+            from .evaluate import evaluate_task, get_evaluator, write_eval_csv
 
             if evaluator is None:
                 evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
@@ -286,18 +327,70 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
             metrics = evaluate_task(model, schedule, data, k, cfg.eval, evaluator, device, autocast)
             metrics["eval_s"] = time.perf_counter() - t_eval
             log.write({"event": "eval", "task": k, **metrics})
-            from .evaluate import write_eval_csv
             write_eval_csv(run_dir)
-        state = {"model": model.state_dict(), "strategy": strategy.state_dict(), "optimizer": opt.state_dict(),
-                 "rng": _rng_state(gen, data_gen)}
-        if clf is not None:
-            state["classifier"] = clf.state_dict()
-        save_checkpoint(run_dir, f"task_{k:02d}", state,
-                        {"task": k, "step": steps, "complete": True, "wall_s": time.perf_counter() - t_run,
-                         "config": cfg.to_dict(), "tasks": [list(t) for t in data.tasks]},
-                        keep=cfg.train.keep_checkpoints)
+        _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
+              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True})
     log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run})
     return run_dir
+
+
+def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
+               run_dir=None, step=0) -> dict | None:
+    """One optimizer step on real images x0 (B, C, H, W) in [-1, 1]; returns losses and image counts,
+    or None when the loss was not finite and nan_policy is 'skip'."""
+    device = x0.device
+    t = schedule.sample_timesteps(len(x0), gen, device)
+    eps = torch.randn(x0.shape, generator=gen, device=device)
+    x_t = schedule.add_noise(x0, t, eps)
+    replay = strategy.replay(StepContext(k, x0, t, eps, x_t, schedule, gen, autocast))
+    inputs, tt = x_t, t
+    if replay is not None and replay.x is not None:
+        inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
+    with autocast():
+        out = model(inputs, tt)
+    out = out.float()
+    loss_real = F.mse_loss(out[: len(x0)], eps)
+    w_real, w_replay = strategy.loss_weights(k, replay is not None)
+    loss = w_real * loss_real
+    loss_replay = torch.zeros((), device=device)
+    if replay is not None:
+        pred = out[len(x0):] if replay.x is not None else out[: len(x0)]
+        loss_replay = F.mse_loss(pred, replay.target)
+        loss = loss + w_replay * loss_replay
+    pen = strategy.penalty(model)
+    if pen is not None:
+        loss = loss + pen
+    if not torch.isfinite(loss):
+        if nan_policy == "skip":
+            opt.zero_grad(set_to_none=True)
+            return None
+        where = f"; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}" if run_dir else ""
+        raise TrainingDiverged(
+            f"task {k} step {step}: the loss is {loss.item()} (real {loss_real.item()}, replay "
+            f"{loss_replay.item()}){where}. Lower train.lr, or set train.nan_policy=skip to skip such batches")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    strategy.after_step(model)
+    return {"loss": loss.item(), "loss_real": loss_real.item(), "loss_replay": loss_replay.item(),
+            "student_images": len(inputs), "teacher_images": replay.teacher_images if replay is not None else 0}
+
+
+def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
+          task_state: dict | None = None) -> None:
+    state = {"model": model.state_dict(), "strategy": strategy.state_dict(),
+             "optimizer": opt.state_dict() if opt is not None else {}, "rng": _rng_state(gen, data_gen)}
+    if clf is not None:
+        state["classifier"] = clf.state_dict()
+    if task_state is not None:
+        state["task"] = task_state
+    name = f"task_{where['task']:02d}" if extra.get("complete", True) else \
+        f"task_{where['task']:02d}_step_{where['step']:07d}"
+    save_checkpoint(run_dir, name, state, {**where, "complete": True, **extra, "config": cfg.to_dict(),
+                                           "tasks": [list(t) for t in data.tasks]},
+                    keep=cfg.train.keep_checkpoints)
 
 
 def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, dict]:
