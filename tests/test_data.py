@@ -142,3 +142,33 @@ def test_cli_broken_data_is_one_line_error(tmp_path, damage, monkeypatch):
         assert "train-images-idx3-ubyte" in lines[0] and ("fetch it again" in lines[0] or "expected the" in lines[0])
     else:
         assert "not found" in lines[0] and "missing: train-images-idx3-ubyte" in lines[0]
+
+
+def test_mnist_and_cifar10_from_local_files(tmp_path):
+    import pickle
+    from cldiff.data import CIFAR10, MNIST, load_dataset
+    # MNIST: same IDX reader and discovery, torchvision layout
+    write_fake_fmnist(tmp_path / "m" / "MNIST" / "raw")
+    tx, ty, vx, vy = load_dataset(MNIST, str(tmp_path / "m"), verify=False)
+    assert tx.shape[1:] == (28, 28) and set(ty.tolist()) == set(range(10))
+    with pytest.raises(DataError, match="bytes after decompression"):
+        load_dataset(MNIST, str(tmp_path / "m"), verify=True)  # sizes are still checked
+    # CIFAR-10 python batches
+    d = tmp_path / "c" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(range(10)) * 2}
+        (d / name).write_bytes(pickle.dumps(batch))
+    tx, ty, vx, vy = load_dataset(CIFAR10, str(tmp_path / "c"))
+    assert tx.shape == (100, 3, 32, 32) and vx.shape == (20, 3, 32, 32) and ty.dtype == np.uint8
+    data = ContinualData("cifar10", [(0, 1)], str(tmp_path / "c"))
+    x, y = data.train([0, 1])
+    assert x.shape == (20, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    # a pickle that tries to run code is refused
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    (d / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(DataError, match="not a CIFAR-10"):
+        load_dataset(CIFAR10, str(tmp_path / "c"))

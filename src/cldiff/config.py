@@ -37,6 +37,7 @@ class DataConfig:
     classes_per_task: int = 2  # classes in each task, for "paper" and "sorted"
     max_train_per_task: int | None = None  # cap on training images per task (tests and quick runs); null = all
     image_size: int = 32  # images are resized from 28 to this size (bilinear, antialiased)
+    hflip: bool = False  # random horizontal flips of training images (the paper's CIFAR-10 runs; never for evaluation)
     verify: bool = True  # check sizes and SHA-256 of the data files against the official ones
 
 

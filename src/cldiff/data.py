@@ -36,9 +36,11 @@ class DatasetSpec:
     channels: int
     # key -> (file name without .gz, uncompressed size in bytes, SHA-256 of the uncompressed bytes)
     files: dict = field(default_factory=dict)
-    torchvision_folder: str = ""  # torchvision keeps raw files in <root>/<this>/raw
+    torchvision_folder: str = ""  # where torchvision keeps the files under its root
     system_dirs: tuple = ()
     howto: str = ""
+    loader: str = "idx"  # idx | cifar_pickle
+    image_size: int = 28  # native size
 
 
 FASHION_MNIST = DatasetSpec(
@@ -57,7 +59,7 @@ FASHION_MNIST = DatasetSpec(
         "test_labels": ("t10k-labels-idx1-ubyte", 10008,
                         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
     },
-    torchvision_folder="FashionMNIST",
+    torchvision_folder="FashionMNIST/raw",
     system_dirs=("/usr/share/datasets/fashion-mnist",),
     howto=(
         "get Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files land in "
@@ -67,11 +69,41 @@ FASHION_MNIST = DatasetSpec(
     ),
 )
 
+MNIST = DatasetSpec(
+    name="mnist",
+    num_classes=10,
+    channels=1,
+    # Sizes are checked; no SHA-256 is pinned for MNIST yet (None), so a same-size damaged copy is not caught.
+    files={
+        "train_images": ("train-images-idx3-ubyte", 47040016, None),
+        "train_labels": ("train-labels-idx1-ubyte", 60008, None),
+        "test_images": ("t10k-images-idx3-ubyte", 7840016, None),
+        "test_labels": ("t10k-labels-idx1-ubyte", 10008, None),
+    },
+    torchvision_folder="MNIST/raw",
+    howto=("put the four MNIST *-ubyte(.gz) files (yann.lecun.com/exdb/mnist or a mirror) into a folder and pass it "
+           "with `--set data.root=FOLDER` or `export CLDIFF_DATA=FOLDER`"),
+)
+
+CIFAR10 = DatasetSpec(
+    name="cifar10",
+    num_classes=10,
+    channels=3,
+    # the python batches: data_batch_1..5 and test_batch, each a pickled dict of 10,000 images
+    files={**{f"train_{i}": (f"data_batch_{i}", None, None) for i in range(1, 6)},
+           "test": ("test_batch", None, None)},
+    torchvision_folder="cifar-10-batches-py",
+    howto=("extract cifar-10-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html) and pass the folder that holds "
+           "cifar-10-batches-py with `--set data.root=FOLDER` or `export CLDIFF_DATA=FOLDER`"),
+    loader="cifar_pickle",
+    image_size=32,
+)
+
 # A procedurally generated 10-class set (oriented bars), for tests and health
 # checks on machines without any data files. Not a benchmark.
 SYNTHETIC = DatasetSpec(name="synthetic", num_classes=10, channels=1)
 
-DATASETS = {"fashion_mnist": FASHION_MNIST, "synthetic": SYNTHETIC}
+DATASETS = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST, "cifar10": CIFAR10, "synthetic": SYNTHETIC}
 
 # The class orders of the paper's runs (PROTOCOL.md section 1), by seed.
 PAPER_ORDERS = {
@@ -129,10 +161,10 @@ def _candidate_dirs(spec: DatasetSpec, root: str | None) -> list[Path]:
     if os.environ.get("CLDIFF_DATA"):
         bases.append(Path(os.environ["CLDIFF_DATA"]).expanduser())
     for b in bases:
-        out += [b, b / spec.torchvision_folder / "raw", b / spec.name]
+        out += [b, b / spec.torchvision_folder, b / spec.name]
     out += [Path(d) for d in spec.system_dirs]
     for b in (Path.cwd() / "data", Path.home() / "data", Path.home() / ".cache" / "cldiff" / "data"):
-        out.append(b / spec.torchvision_folder / "raw")
+        out.append(b / spec.torchvision_folder)
     return out
 
 
@@ -147,11 +179,11 @@ def find_dataset_dir(spec: DatasetSpec, root: str | None = None) -> Path:
     """The first folder holding all four IDX files (plain or .gz), in search order."""
     searched = _candidate_dirs(spec, root)
     for d in searched:
-        have = [k for k in SPLIT_FILES if _file_in(d, spec.files[k][0])]
-        if len(have) == len(SPLIT_FILES):
+        have = [k for k in spec.files if _file_in(d, spec.files[k][0])]
+        if len(have) == len(spec.files):
             return d
         if have:  # an incomplete copy is reported, not silently skipped for another one
-            missing = [spec.files[k][0] for k in SPLIT_FILES if k not in have]
+            missing = [spec.files[k][0] for k in spec.files if k not in have]
             raise DataError(f"{spec.name} not found complete: {d} holds only some of the files (missing: "
                             f"{', '.join(missing)}). To fix: {spec.howto}")
     raise DataError(
@@ -199,6 +231,44 @@ def _load_file(path: str, size: int | None, sha: str | None) -> np.ndarray:
             raise DataError(f"{p}: SHA-256 {digest[:16]}... does not match the official {sha[:16]}...; the file "
                             "is corrupt or modified: fetch it again (or set data.verify: false for a custom copy)")
     return parse_idx(raw, p)
+
+
+class _ArrayOnlyUnpickler(__import__("pickle").Unpickler):
+    """Unpickles CIFAR-10 batches: dicts, lists, bytes and numpy arrays only; never arbitrary code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise DataError(f"CIFAR-10 batch refers to {module}.{name}; not a CIFAR-10 python batch")
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import io
+    import pickle
+    try:
+        d = _ArrayOnlyUnpickler(io.BytesIO(_read_bytes(path)), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({e}); fetch it again") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{path}: not a CIFAR-10 python batch (no data/labels); fetch it again")
+    x, y = np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise DataError(f"{path}: data has shape {x.shape}, expected (N, 3072) with N labels; fetch it again")
+    return x.reshape(-1, 3, 32, 32), y.astype(np.uint8)
+
+
+def load_dataset(spec: DatasetSpec, root: str | None = None, verify: bool = True):
+    """(train_x, train_y, test_x, test_y) as uint8 arrays; x is (N, H, W) or (N, C, H, W)."""
+    if spec.loader == "idx":
+        return load_idx_dataset(spec, root, verify)
+    d = find_dataset_dir(spec, root)
+    parts = [_load_cifar_batch(_file_in(d, spec.files[f"train_{i}"][0])) for i in range(1, 6)]
+    vx, vy = _load_cifar_batch(_file_in(d, spec.files["test"][0]))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), vx, vy
 
 
 def load_idx_dataset(spec: DatasetSpec, root: str | None = None, verify: bool = True):
@@ -294,7 +364,7 @@ class ContinualData:
         if dataset == "synthetic":
             self.train_x, self.train_y, self.test_x, self.test_y = synthetic_dataset()
         else:
-            self.train_x, self.train_y, self.test_x, self.test_y = load_idx_dataset(self.spec, root, verify)
+            self.train_x, self.train_y, self.test_x, self.test_y = load_dataset(self.spec, root, verify)
 
     @classmethod
     def from_config(cls, cfg) -> "ContinualData":

@@ -28,7 +28,7 @@ from .checkpoint import atomic_write_bytes
 from .model import autocast_for, ddim_sample
 
 PREPROCESS_VERSION = "resize32-bilinear-aa-v1"  # bump when to_model_range changes
-TAGS = {"fashion_mnist": "fmnist", "synthetic": "synthetic", "mnist": "mnist"}
+TAGS = {"fashion_mnist": "fmnist", "synthetic": "synthetic", "mnist": "mnist", "cifar10": "cifar10"}
 
 
 # --------------------------------------------------------------------------- the evaluator network
@@ -345,7 +345,8 @@ def load_image_set(spec: str, root: str | None = None) -> tuple[torch.Tensor, st
     """
     from .data import DATASETS, ContinualData, to_model_range
 
-    names = {"fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic"}
+    names = {"fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic", "mnist": "mnist",
+             "cifar10": "cifar10"}
     head = spec.split(":", 1)[0]
     if head in names and not Path(spec).exists():
         parts = spec.split(":")

@@ -271,6 +271,9 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
             idx = perm[pos:pos + b].to(device)
             pos += b
             x0 = x_all[idx]
+            if cfg.data.hflip:
+                flip = (torch.rand(len(x0), generator=data_gen) < 0.5).to(device).view(-1, 1, 1, 1)
+                x0 = torch.where(flip, x0.flip(-1), x0)
             r = train_step(model, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
                            cfg.train.nan_policy, run_dir, step)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
