@@ -77,6 +77,22 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    b = sub.add_parser("bench", help="training and sampling throughput against this machine's peak",
+                       description="Measure each strategy's training iteration (images/s, FLOP/s, fraction of the "
+                       "measured matmul peak, peak memory), DDIM generation, and a plain fp32 reference, in one run.")
+    b.add_argument("--preset", default="small", help="UNet preset (default small)")
+    b.add_argument("--batch", type=int, default=64, help="real images per iteration (default 64)")
+    b.add_argument("--strategies", default="naive,generative_replay,generative_distillation",
+                   help="comma-separated strategies")
+    b.add_argument("--iters", type=int, default=5, help="timed iterations per strategy (default 5)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    b.add_argument("--teacher-steps", type=int, default=2, help="DDIM steps of replay generation (default 2)")
+    b.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    b.add_argument("--fused", action="store_true", help="fused Adam")
+    b.add_argument("--no-reference", action="store_true", help="skip the plain fp32 reference")
+    b.add_argument("--out", help="also write the results as JSON here")
+
     ev = sub.add_parser("evaluator", help="the evaluator network behind FID / KLD", description="Manage the "
                         "evaluator network (a classifier trained on the data set; its features give our FID).")
     evs = ev.add_subparsers(dest="evcmd", metavar="ACTION")
@@ -149,6 +165,9 @@ def _dispatch(args, parser) -> int:
         out = make_report([Path(r) for r in args.runs], Path(args.out))
         print(f"report: {out / 'report.md'}")
         return 0
+    if args.cmd == "bench":
+        from .bench import main_bench
+        return main_bench(args)
     if args.cmd == "sweep":
         from .sweep import run_sweep
         out = run_sweep(args.file, dry_run=args.dry_run, progress=not args.no_progress)

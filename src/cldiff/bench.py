@@ -1,0 +1,217 @@
+"""`cldiff bench`: throughput of each strategy's training iteration against this machine's limits.
+
+Every measurement runs in its own child process, so that its peak resident
+memory (ru_maxrss) is its own. Reported per strategy: current-task images/s,
+student images/s, FLOPs per iteration (torch.utils.flop_counter, fwd + bwd of
+the student and every teacher forward), achieved FLOP/s and its fraction of
+the bf16 and fp32 matmul peaks measured in the same run; DDIM generation
+throughput; and a plain reference (fp32, no autocast, the teacher sampling
+through diffusers' DDIMScheduler) for the GD iteration, so speed-ups are ratios
+measured in one run on one machine.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import time
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _matmul_peak(dtype_name: str, n: int, seconds: float, threads: int | None) -> dict:
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    dt = time.perf_counter() - t0
+    return {"dtype": dtype_name, "n": n, "flops_per_s": 2 * n**3 * reps / dt}
+
+
+def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool):
+    import torch
+
+    from .model import EpsModel, NoiseSchedule, autocast_for, frozen_copy
+    from .strategies import TaskContext, build_strategy
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    dev = torch.device("cpu")
+    model = EpsModel(preset)
+    schedule = NoiseSchedule()
+    st = build_strategy(strategy)
+    autocast = autocast_for(dev, precision)
+    st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast)) if st.uses_teacher else None
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused or None)
+    x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
+    return model, schedule, st, autocast, opt, x0, frozen_copy
+
+
+def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train import train_step
+    model, schedule, st, autocast, opt, x0, _ = _setup(preset, batch, strategy, precision, threads, fused)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(warmup):
+        train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+    student, t0 = 0, time.perf_counter()
+    for _ in range(iters):
+        r = train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+        student += r["student_images"]
+    dt = (time.perf_counter() - t0) / iters
+    with FlopCounterMode(display=False) as fc:
+        train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+    flops = fc.get_total_flops()
+    return {"strategy": strategy["name"], "s_per_iter": dt, "img_per_s": batch / dt,
+            "student_img_per_s": student / iters / dt, "flops_per_iter": flops, "flops_per_s": flops / dt,
+            "peak_rss_mib": _rss_mib()}
+
+
+def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> dict:
+    """The GD iteration written the simplest way: fp32, no autocast, diffusers' scheduler for sampling."""
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDIMScheduler
+
+    from .model import EpsModel, frozen_copy
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = EpsModel(preset)
+    teacher = frozen_copy(model)
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                          rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=True)
+    abar = sched.alphas_cumprod
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4)
+    x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
+
+    def step():
+        t = torch.randint(0, 1000, (batch,))
+        eps = torch.randn_like(x0)
+        ab = abar[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        with torch.no_grad():
+            sched.set_timesteps(teacher_steps)
+            x = torch.randn_like(x0)
+            for tt in sched.timesteps:
+                e = teacher(x, tt.expand(batch))
+                x = sched.step(e, tt, x, eta=0.0).prev_sample
+            t2 = torch.randint(0, 1000, (batch,))
+            ab2 = abar[t2].view(-1, 1, 1, 1)
+            xr = ab2.sqrt() * x + (1 - ab2).sqrt() * torch.randn_like(x0)
+            target = teacher(xr, t2)
+        out = model(torch.cat([x_t, xr]), torch.cat([t, t2]))
+        loss = 0.5 * F.mse_loss(out[:batch], eps) + 0.5 * F.mse_loss(out[batch:], target)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    dt = (time.perf_counter() - t0) / iters
+    return {"strategy": "reference_generative_distillation", "s_per_iter": dt, "img_per_s": batch / dt,
+            "student_img_per_s": 2 * batch / dt, "peak_rss_mib": _rss_mib()}
+
+
+def _generation_child(preset, batch, steps, precision, threads) -> dict:
+    import torch
+
+    from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample
+    if threads:
+        torch.set_num_threads(threads)
+    model = EpsModel(preset).eval()
+    s = NoiseSchedule()
+    ac = autocast_for(torch.device("cpu"), precision)
+    z = torch.randn(batch, 1, 32, 32)
+    ddim_sample(model, s, z[:8], 1, autocast=ac)
+    t0 = time.perf_counter()
+    ddim_sample(model, s, z, steps, autocast=ac)
+    dt = time.perf_counter() - t0
+    return {"generation_img_per_s": batch / dt, "forward_img_per_s": batch * steps / dt, "steps": steps,
+            "batch": batch, "peak_rss_mib": _rss_mib()}
+
+
+def _in_child(fn, *args):
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "generative_replay", "generative_distillation"),
+              iters: int = 5, warmup: int = 2, teacher_steps: int = 2, precision: str = "auto", reference: bool = True,
+              gen_batch: int = 256, gen_steps: int = 10, threads: int | None = None, fused: bool = False,
+              peak_n: int = 2048) -> dict:
+    import torch
+    out = {"preset": preset, "batch": batch, "precision": precision, "threads": threads or torch.get_num_threads(),
+           "torch": torch.__version__, "fused_adam": fused, "iters": iters}
+    out["peak"] = {d: _in_child(_matmul_peak, d, peak_n, 3.0, threads)["flops_per_s"] for d in ("bfloat16", "float32")}
+    rows = []
+    for name in strategies:
+        spec = {"name": name}
+        if name in ("generative_replay", "generative_distillation", "partial_generation_distillation"):
+            spec["teacher_steps"] = teacher_steps
+        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused)
+        r["frac_bf16_peak"] = r["flops_per_s"] / out["peak"]["bfloat16"]
+        r["frac_fp32_peak"] = r["flops_per_s"] / out["peak"]["float32"]
+        rows.append(r)
+    if reference:
+        ref = _in_child(_reference_child, preset, batch, teacher_steps, max(2, iters // 2), 1, threads)
+        rows.append(ref)
+        gd = next((r for r in rows if r["strategy"] == "generative_distillation"), None)
+        if gd is not None:
+            out["gd_speedup_vs_reference"] = ref["s_per_iter"] / gd["s_per_iter"]
+    gr = next((r for r in rows if r["strategy"] == "generative_replay"), None)
+    gd = next((r for r in rows if r["strategy"] == "generative_distillation"), None)
+    if gr and gd:
+        out["gd_cost_over_gr"] = gd["s_per_iter"] / gr["s_per_iter"]
+    out["strategies"] = rows
+    out["generation"] = _in_child(_generation_child, preset, gen_batch, gen_steps, precision, threads)
+    return out
+
+
+def format_table(res: dict) -> str:
+    lines = [f"preset {res['preset']}, batch {res['batch']}, precision {res['precision']}, threads {res['threads']}, "
+             f"torch {res['torch']}",
+             f"matmul peak: bf16 {res['peak']['bfloat16'] / 1e12:.2f} TFLOP/s, fp32 {res['peak']['float32'] / 1e12:.2f} TFLOP/s",
+             "",
+             f"{'strategy':36s} {'s/iter':>8s} {'img/s':>8s} {'student/s':>10s} {'GFLOP/it':>9s} {'TFLOP/s':>8s} "
+             f"{'%bf16pk':>8s} {'RSS MiB':>8s}"]
+    for r in res["strategies"]:
+        fl = r.get("flops_per_iter")
+        lines.append(f"{r['strategy']:36s} {r['s_per_iter']:8.3f} {r['img_per_s']:8.1f} {r['student_img_per_s']:10.1f} "
+                     f"{(fl or 0) / 1e9:9.1f} {r.get('flops_per_s', 0) / 1e12:8.3f} "
+                     f"{100 * r.get('frac_bf16_peak', 0):7.1f}% {r['peak_rss_mib']:8.0f}")
+    g = res["generation"]
+    lines.append(f"\nDDIM generation ({g['steps']} steps, batch {g['batch']}): {g['generation_img_per_s']:.1f} images/s "
+                 f"({g['forward_img_per_s']:.0f} UNet forwards/s), peak RSS {g['peak_rss_mib']:.0f} MiB")
+    if "gd_speedup_vs_reference" in res:
+        lines.append(f"GD iteration vs plain reference: {res['gd_speedup_vs_reference']:.2f}x faster")
+    if "gd_cost_over_gr" in res:
+        lines.append(f"GD iteration cost / GR iteration cost: {res['gd_cost_over_gr']:.2f}")
+    return "\n".join(lines)
+
+
+def main_bench(args) -> int:
+    res = run_bench(args.preset, args.batch, tuple(args.strategies.split(",")), args.iters, args.warmup,
+                    args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused)
+    print(format_table(res))
+    if args.out:
+        from pathlib import Path
+        Path(args.out).write_text(json.dumps(res, indent=1))
+        print(f"\nJSON: {args.out}")
+    return 0

@@ -1,0 +1,32 @@
+"""The benchmark's accounting (not its timings): GD costs GR plus exactly one teacher forward per replay sample."""
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from cldiff.bench import _strategy_child, format_table
+from cldiff.model import EpsModel
+
+
+def test_gd_flops_are_gr_flops_plus_one_teacher_forward():
+    b = 4
+    gr = _strategy_child("tiny", b, {"name": "generative_replay", "teacher_steps": 2}, 1, 0, "fp32", None, False)
+    gd = _strategy_child("tiny", b, {"name": "generative_distillation", "teacher_steps": 2}, 1, 0, "fp32", None, False)
+    naive = _strategy_child("tiny", b, {"name": "naive"}, 1, 0, "fp32", None, False)
+    m = EpsModel("tiny").eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.randn(b, 1, 32, 32), torch.zeros(b, dtype=torch.long))
+    fwd = fc.get_total_flops()
+    assert gd["flops_per_iter"] - gr["flops_per_iter"] == fwd
+    # GR: student fwd+bwd on 2B (2x naive's B) plus S=2 teacher forwards of B
+    assert gr["flops_per_iter"] == 2 * naive["flops_per_iter"] + 2 * fwd
+    assert gd["student_img_per_s"] / gd["img_per_s"] == 2.0
+
+
+def test_table_mentions_every_strategy():
+    res = {"preset": "tiny", "batch": 4, "precision": "fp32", "threads": 1, "torch": "x",
+           "peak": {"bfloat16": 1e12, "float32": 5e11},
+           "strategies": [{"strategy": "naive", "s_per_iter": 0.1, "img_per_s": 40, "student_img_per_s": 40,
+                           "flops_per_iter": 1e9, "flops_per_s": 1e10, "frac_bf16_peak": 0.01, "peak_rss_mib": 300}],
+           "generation": {"steps": 10, "batch": 8, "generation_img_per_s": 5, "forward_img_per_s": 50,
+                          "peak_rss_mib": 300}, "gd_cost_over_gr": 1.1}
+    t = format_table(res)
+    assert "naive" in t and "1.00 TFLOP/s" in t and "1.10" in t
