@@ -141,7 +141,8 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
         ax.set_xlabel("after task")
         ax.set_ylabel(metric)
         ax.set_title(title)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
