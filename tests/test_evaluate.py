@@ -147,3 +147,14 @@ def test_real_fid_same_classes_small_different_large():
     same = score_samples(tr01[:2000], e, "fashion_mnist", [0, 1], data=data)["fid_fmnist"]
     diff = score_samples(tr23[:2000], e, "fashion_mnist", [0, 1], data=data)["fid_fmnist"]
     assert same * 10 < diff
+
+
+def test_inception_fid_never_downloads_and_says_so(tmp_path):
+    import subprocess
+    import sys
+    from cldiff.evaluate import inception_fid
+    with pytest.raises(ValueError, match="never downloads"):
+        inception_fid(torch.zeros(2, 1, 32, 32), torch.zeros(2, 1, 32, 32), tmp_path / "missing.pth")
+    r = subprocess.run([sys.executable, "-m", "cldiff", "fid", "synthetic:test", "synthetic:train",
+                        "--inception-weights", str(tmp_path / "missing.pth")], capture_output=True, text=True)
+    assert r.returncode == 2 and "never downloads" in r.stderr and "Traceback" not in r.stderr

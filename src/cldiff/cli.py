@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("a")
     f.add_argument("b")
     f.add_argument("--dataset", default="fashion_mnist", help="whose evaluator extracts features (default fashion_mnist)")
+    f.add_argument("--inception-weights", metavar="FILE", help="also Inception FID (torchmetrics) from this local "
+                   "weights file; nothing is downloaded")
 
     r = sub.add_parser("report", help="tables, curves and sample grids from run folders",
                        description="Group run folders by strategy and settings (seeds as repeats) and write "
@@ -152,13 +154,17 @@ def _dispatch(args, parser) -> int:
     if args.cmd == "evaluate":
         return _evaluate(args)
     if args.cmd == "fid":
-        from .evaluate import feature_stats, frechet_distance, get_evaluator, load_image_set
+        from .evaluate import feature_stats, frechet_distance, get_evaluator, inception_fid, load_image_set
+        if args.inception_weights and not Path(args.inception_weights).is_file():
+            inception_fid(None, None, args.inception_weights)  # raises the clear error before any work
         ev = get_evaluator(args.dataset)
         sets = [load_image_set(s) for s in (args.a, args.b)]
         stats = [feature_stats(ev.run(x)[0]) for x, _, _ in sets]
-        fid = frechet_distance(*stats[0], *stats[1])
-        print(json.dumps({ev.fid_key: fid, "n_a": len(sets[0][0]), "n_b": len(sets[1][0]),
-                          "extractor": f"{ev.tag}-evaluator-{ev.sha256[:16]}"}))
+        out = {ev.fid_key: frechet_distance(*stats[0], *stats[1]), "n_a": len(sets[0][0]), "n_b": len(sets[1][0]),
+               "extractor": f"{ev.tag}-evaluator-{ev.sha256[:16]}"}
+        if args.inception_weights:
+            out["fid_inception"] = inception_fid(sets[0][0], sets[1][0], args.inception_weights)
+        print(json.dumps(out))
         return 0
     if args.cmd == "report":
         from .report import make_report

@@ -333,6 +333,36 @@ def write_eval_csv(run_dir: Path) -> Path:
     return path
 
 
+def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path) -> float:
+    """Inception-v3 FID (torchmetrics) from a *local* weights file; never downloads.
+
+    real, fake: (N, C, H, W) in [-1, 1]. Only for users who have the FID
+    Inception weights (pt_inception-2015-12-05-6726825d.pth, as used by
+    pytorch-fid and torch-fidelity) on disk.
+    """
+    p = Path(weights_path)
+    if not p.is_file():
+        raise ValueError(f"Inception weights {p}: no such file. cldiff never downloads weights; pass the local "
+                         "file of the FID Inception network (pt_inception-2015-12-05-6726825d.pth), or use our "
+                         "evaluator FID without --inception-weights")
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError:
+        raise ValueError("Inception FID needs torchmetrics and torch-fidelity, which cldiff does not install by "
+                         "default: pip install torchmetrics torch-fidelity (check that it keeps your torch)") from None
+    metric = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(p))
+
+    def rgb_u8(x):
+        u = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return u.repeat(1, 3, 1, 1) if u.shape[1] == 1 else u
+
+    for i in range(0, len(real), 500):
+        metric.update(rgb_u8(real[i:i + 500]), real=True)
+    for i in range(0, len(fake), 500):
+        metric.update(rgb_u8(fake[i:i + 500]), real=False)
+    return float(metric.compute())
+
+
 # --------------------------------------------------------------------------- image sets for `cldiff fid`
 
 
