@@ -18,7 +18,8 @@ fi
 TORCH=$("$VPY" -c "import torch; print(torch.__version__.split('+')[0])")
 # the installed torch satisfies cldiff's range, so this installs no other torch
 echo "torch==$TORCH" > .venv/torch-pin.txt
-"$VPY" -m pip install -q -c .venv/torch-pin.txt -e ".[test]"
+# (pip's notes about this machine's local package folders are filtered out; errors still show)
+"$VPY" -m pip install -q -c .venv/torch-pin.txt -e ".[test]" 2> >(grep -v "is ignored: it is neither" >&2)
 # Fashion-MNIST from Debian's package, where we may install packages.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null) || \

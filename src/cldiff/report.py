@@ -61,7 +61,8 @@ def load_run(run_dir: Path) -> dict:
             "wall_s": max(walls) if walls else 0.0,
             "images_trained": sum(e.get("images_trained", 0) for e in ends.values()),
             "teacher_image_forwards": sum(e.get("teacher_image_forwards", 0) for e in ends.values()),
-            "classifier": [r for r in recs if r.get("event") == "classifier_eval"]}
+            "classifier": [r for r in recs if r.get("event") == "classifier_eval"],
+            "shared_from": next((r["from"] for r in recs if r.get("event") == "shared"), None)}
 
 
 def mean_sem(values) -> tuple[float | None, float | None]:
@@ -87,7 +88,8 @@ def summarise(runs: list[dict]) -> list[dict]:
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         fid_key = next((k for r in rs for e in r["evals"].values() for k in e if k.startswith("fid_")), "fid")
-        last = rs[0]["num_tasks"] - 1
+        # the last task every run of the group has finished (runs still going are reported where they are)
+        last = min(max(r["evals"], default=-1) for r in rs)
         finals = [r["evals"].get(last) for r in rs]
         done = [f for f in finals if f is not None]
         per_task = {}
@@ -97,7 +99,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                 per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
         g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
              "complete_seeds": [r["seed"] for r, f in zip(rs, finals) if f is not None], "fid_key": fid_key,
-             "final_task": last, "runs": [str(r["dir"]) for r in rs],
+             "final_task": last, "num_tasks": rs[0]["num_tasks"], "runs": [str(r["dir"]) for r in rs],
              "final": {m: mean_sem([f.get(m) for f in done]) for m in (fid_key, "kld", "ard")},
              "per_task": per_task,
              "hist_pred": np.mean([f["hist_pred"] for f in done], 0).tolist() if done else None,
@@ -106,7 +108,7 @@ def summarise(runs: list[dict]) -> list[dict]:
              "images_trained": mean_sem([r["images_trained"] for r in rs]),
              "teacher_image_forwards": mean_sem([r["teacher_image_forwards"] for r in rs]),
              "classifier": _classifier_summary(rs),
-             "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 else None}
+             "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 and last == 4 else None}
         out.append(g)
     order = ["naive", "joint", "generative_replay", "generative_distillation"]
     return sorted(out, key=lambda g: (order.index(g["strategy"]) if g["strategy"] in order else 99, g["label"]))
@@ -198,15 +200,18 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
              "our numbers with each other, and the paper's only by ordering and ratio. As in the paper, the "
              "real set grows with the number of tasks (2,000 test images per task) while the generated set has a "
              "fixed size, so the FID's small-sample bias changes from task to task.", "",
-             f"## Final results (after task {groups[0]['final_task'] + 1})", "",
-             f"| strategy | seeds | {fid_key} | KLD | ARD | paper FID (Inception) | paper KLD | wall time (min) | images trained | teacher image-forwards |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "## Results after the last task finished by every run of a group", "",
+             *([f"**Incomplete**: {', '.join(g['label'] + ' (after task ' + str(g['final_task'] + 1) + ' of ' + str(g['num_tasks']) + ')' for g in groups if g['final_task'] < g['num_tasks'] - 1)}; "
+                "the paper's numbers (after 5 tasks) are shown only for complete 5-task groups.", ""]
+               if any(g["final_task"] < g["num_tasks"] - 1 for g in groups) else []),
+             f"| strategy | after task | seeds | {fid_key} | KLD | ARD | paper FID (Inception) | paper KLD | wall time (min) | images trained | teacher image-forwards |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
         f = g["final"]
         paper = g["paper"] or {}
         w = g["wall_s"][0]
         lines.append(
-            f"| {g['label']} | {','.join(map(str, g['complete_seeds']))}"
+            f"| {g['label']} | {g['final_task'] + 1} | {','.join(map(str, g['complete_seeds']))}"
             f"{'' if len(g['complete_seeds']) == len(g['seeds']) else ' (of ' + ','.join(map(str, g['seeds'])) + ')'} | "
             f"{_fmt(*f[fid_key])} | {_fmt(*f['kld'], 3)} | {_fmt(*f['ard'], 3)} | {paper.get('fid', '—')} | "
             f"{paper.get('kld', '—')} | {w / 60 if w else 0:.1f} | {g['images_trained'][0] or 0:,.0f} | "
@@ -230,7 +235,9 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
         lines.append("")
         lines.append(f"![{label} last task](samples/{names[-1]})")
         lines.append("")
-    lines += ["## Runs", ""] + [f"- `{r['dir']}` (seed {r['seed']})" for r in runs]
+    lines += ["## Runs", ""] + [f"- `{r['dir']}` (seed {r['seed']})" + (
+        f"; task 0 shared from `{r['shared_from']}` (the same computation: no strategy replays in task 0)"
+        if r["shared_from"] else "") for r in runs]
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
 
     def clean(g):
