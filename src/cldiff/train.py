@@ -88,6 +88,14 @@ def _rng_state(gen: torch.Generator, data_gen: torch.Generator) -> dict:
             "numpy": json.dumps(np.random.get_state()[1].tolist()), "python": json.dumps(random.getstate()[1])}
 
 
+def _normalised(raw: dict) -> dict:
+    """A saved config with today's defaults filled in, so that runs written before a field existed still match."""
+    try:
+        return config_from_dict(raw).to_dict()
+    except Exception:
+        return raw
+
+
 def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
     run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
     has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
@@ -98,7 +106,7 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
         old = run_dir / "config.yaml"
         if old.exists():
             import yaml
-            prev = yaml.safe_load(old.read_text())
+            prev = _normalised(yaml.safe_load(old.read_text()))
             mine = cfg.to_dict()
             for key in ("data", "model", "strategy", "seed"):
                 if prev.get(key) != mine.get(key):
@@ -405,7 +413,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     if not metas:
         raise RunError(f"train.init_from: {src} has no task-0 checkpoint (keep_checkpoints may have pruned it)")
     state, meta = load_checkpoint_file(Path(metas[-1]["path"]), metas[-1], map_location=device)
-    theirs, mine = meta["config"], cfg.to_dict()
+    theirs, mine = _normalised(meta["config"]), cfg.to_dict()
     src_strategy = REGISTRY.get(theirs["strategy"]["name"])
     if not (strategy.shares_first_task and src_strategy is not None and src_strategy.shares_first_task):
         raise RunError(f"train.init_from: task 0 of '{theirs['strategy']['name']}' and '{cfg.strategy['name']}' "
