@@ -141,6 +141,7 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
             ax.plot([k + 1 for k in ks], m, marker="o", label=g["label"])
             ax.fill_between([k + 1 for k in ks], m - s, m + s, alpha=0.2)
         ax.set_xlabel("after task")
+        ax.set_xticks(range(1, max(g["num_tasks"] for g in groups) + 1))
         ax.set_ylabel(metric)
         ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
