@@ -45,8 +45,30 @@ def test_replay_uses_frozen_copies_and_as_many_replay_as_real(monkeypatch):
         calls.append((model, len(noise), steps))
         return orig(model, schedule, noise, steps, *a, **k)
     monkeypatch.setattr(model_mod, "ddim_sample", spy)
+    generated, soft_inputs = [], []
+    orig_spy = model_mod.ddim_sample
+
+    def recording_spy(*a, **k):
+        out = orig_spy(*a, **k)
+        generated.append(out)
+        return out
+    monkeypatch.setattr(model_mod, "ddim_sample", recording_spy)
+
+    class Recorder(torch.nn.Module):  # stands in for the frozen previous classifier and records its inputs
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            soft_inputs.append(x)
+            return self.inner(x)
+    rec = clf.prev = Recorder(clf.prev)
     r1 = clf.train_task(1, data, gen_model, NoiseSchedule(), __import__("contextlib").nullcontext)
     assert calls and all(m is gen_model and n == 16 and s == 2 for m, n, s in calls)  # replay count = real batch
+    # soft targets: the frozen previous classifier, evaluated on exactly the replayed images
+    assert len(soft_inputs) == len(generated) and all(a is b for a, b in zip(soft_inputs, generated))
+    for k, v in rec.inner.state_dict().items():  # and it was not trained
+        assert torch.equal(prev_state[k], v), k
     assert len(r1["acc"]) == 2 and r1["forgetting"] is not None
     # the soft-target teacher during task 1 was the end-of-task-0 classifier, unchanged by task 1
     assert any(not torch.equal(prev_state[k], v) for k, v in clf.net.state_dict().items())

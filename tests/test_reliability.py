@@ -18,12 +18,14 @@ from conftest import CONFIGS, smoke_overrides
 
 SMOKE = CONFIGS / "split_fmnist" / "smoke.yaml"
 SETS = ["train.threads=1", "train.checkpoint_every=2", "train.steps_per_task=8", "train.keep_checkpoints=5"]
+CLASSIFIER = ["classifier.enabled=true", "classifier.epochs=0.3", "classifier.batch_size=16",
+              "classifier.replay_steps=2"]
 
 
-def _cmd(root, out):
+def _cmd(root, out, extra=()):
     args = [sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--out", str(out), "--no-progress",
             "--resume"]
-    for s in smoke_overrides(root) + SETS:
+    for s in smoke_overrides(root) + SETS + list(extra):
         args += ["--set", s]
     return args
 
@@ -41,6 +43,8 @@ def _assert_same_run(a, b):
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     for k in sa["strategy"].get("teacher", {}):
         assert torch.equal(sa["strategy"]["teacher"][k], sb["strategy"]["teacher"][k]), k
+    for k in sa.get("classifier", {}).get("net", {}):
+        assert torch.equal(sa["classifier"]["net"][k], sb["classifier"]["net"][k]), k
     assert _lines(a) == _lines(b)
 
 
@@ -57,7 +61,7 @@ def _wait_for(run, pred, proc, timeout=240):
 
 def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp_path):
     full = tmp_path / "full"
-    r = subprocess.run(_cmd(fake_fmnist, full), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, full, CLASSIFIER), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "killed"
     # kill points: mid task 0, right after task 0 ended, mid task 1
@@ -66,13 +70,13 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp
                    lambda m: m["task"] == 1 and m["step"] == 4]
     kills = 0
     for pred in kill_points:
-        p = subprocess.Popen(_cmd(fake_fmnist, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(_cmd(fake_fmnist, run, CLASSIFIER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if _wait_for(run, pred, p):
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait()
     assert kills == 3
-    r = subprocess.run(_cmd(fake_fmnist, run), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, run, CLASSIFIER), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _assert_same_run(full, run)
 
