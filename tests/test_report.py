@@ -20,6 +20,8 @@ def _fake_run(folder, seed, strategy, fids, klds):
                       "wall_s": 10.0 * (k + 1)})
         lines.append({"event": "eval", "task": k, "fid_fmnist": f, "kld": q, "ard": q / 2,
                       "hist_pred": [0.1] * 10, "hist_true": [0.1] * 10})
+        lines.append({"event": "classifier_eval", "task": k, "acc": [0.9] * (k + 1), "avg_acc": 0.9 - 0.1 * k,
+                      "forgetting": None if k == 0 else 0.1 * seed / 42})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (folder / "samples").mkdir()
     return folder
@@ -41,6 +43,10 @@ def test_report_mean_and_sem(tmp_path):
     md = (out / "report.md").read_text()
     assert "25.00 ± 5.00" in md and "100.00" in md and "not* Inception FID" in md
     assert (out / "fid_per_task.png").stat().st_size > 1000 and (out / "class_histograms.png").exists()
+    assert (out / "classifier_accuracy.png").exists()
+    assert gd["classifier"]["avg_acc"][0] == pytest.approx(0.8)
+    assert gd["classifier"]["forgetting"][0] == pytest.approx((0.1 + 0.1 * 69 / 42) / 2)
+    assert "0.90 0.90" in md  # the accuracy matrix
     csv = (out / "results.csv").read_text().splitlines()
     assert len(csv) == 3 and csv[0].startswith("strategy,seeds,fid_fmnist_mean")
 

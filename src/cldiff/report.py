@@ -118,8 +118,14 @@ def _classifier_summary(rs: list[dict]) -> dict | None:
     finals = [r["classifier"][-1] for r in rs if r["classifier"]]
     if not finals:
         return None
+    per_task = {}
+    for r in rs:
+        for c in r["classifier"]:
+            per_task.setdefault(c["task"], []).append(c.get("avg_acc"))
     return {"avg_acc": mean_sem([f.get("avg_acc") for f in finals]),
-            "forgetting": mean_sem([f.get("forgetting") for f in finals])}
+            "forgetting": mean_sem([f.get("forgetting") for f in finals]),
+            "acc_matrix_first_seed": [c["acc"] for c in rs[0]["classifier"]],
+            "per_task": {k: mean_sem(v) for k, v in sorted(per_task.items())}}
 
 
 def _plots(groups: list[dict], out: Path) -> list[str]:
@@ -150,6 +156,23 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
         made.append(fname)
+    cls = [g for g in groups if g["classifier"]]
+    if cls:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for g in cls:
+            ks = sorted(g["classifier"]["per_task"])
+            m = np.array([g["classifier"]["per_task"][k][0] for k in ks], float)
+            s_ = np.array([g["classifier"]["per_task"][k][1] or 0.0 for k in ks], float)
+            ax.plot([k + 1 for k in ks], m, marker="o", label=g["label"])
+            ax.fill_between([k + 1 for k in ks], m - s_, m + s_, alpha=0.2)
+        ax.set_xlabel("after task")
+        ax.set_ylabel("average accuracy on tasks seen so far")
+        ax.set_title("classifier trained with replay from the diffusion model")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "classifier_accuracy.png", dpi=110)
+        plt.close(fig)
+        made.append("classifier_accuracy.png")
     hs = [g for g in groups if g["hist_pred"] is not None]
     if hs:
         fig, axes = plt.subplots(1, len(hs), figsize=(3.2 * len(hs), 3), squeeze=False)
@@ -219,11 +242,13 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
             f"{g['teacher_image_forwards'][0] or 0:,.0f} |")
     if any(g["classifier"] for g in groups):
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
-                  "| strategy | average accuracy | forgetting |", "|---|---|---|"]
+                  "| strategy | average accuracy | forgetting | accuracy matrix (first seed; row = after task k) |",
+                  "|---|---|---|---|"]
         for g in groups:
             if g["classifier"]:
+                mat = "<br>".join(" ".join(f"{a:.2f}" for a in row) for row in g["classifier"]["acc_matrix_first_seed"])
                 lines.append(f"| {g['label']} | {_fmt(*g['classifier']['avg_acc'], 3)} | "
-                             f"{_fmt(*g['classifier']['forgetting'], 3)} |")
+                             f"{_fmt(*g['classifier']['forgetting'], 3)} | {mat} |")
     lines += ["", "## Per task", "", f"| strategy | task | {fid_key} | KLD | ARD |", "|---|---|---|---|---|"]
     for g in groups:
         for k in sorted(g["per_task"]):
