@@ -150,3 +150,22 @@ def test_cli_nan_exit_status_3(fake_fmnist, tmp_path):
     if r.returncode == 0:
         pytest.skip("lr 1e30 did not diverge on this machine")
     assert r.returncode == 3 and "Traceback" not in r.stderr and "checkpoint" in r.stderr
+
+
+def test_every_rng_is_saved_and_restored():
+    import random
+
+    import numpy as np
+
+    from cldiff.train import _restore_rng, _rng_state
+    g, dg = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    torch.manual_seed(3), np.random.seed(4), random.seed(5)
+    saved = _rng_state(g, dg)
+    draws = (torch.rand(2, generator=g), torch.rand(2, generator=dg), torch.rand(2), np.random.rand(2), random.random())
+    g2, dg2 = torch.Generator(), torch.Generator()
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    _restore_rng(saved, g2, dg2)
+    again = (torch.rand(2, generator=g2), torch.rand(2, generator=dg2), torch.rand(2), np.random.rand(2), random.random())
+    for a, b in zip(draws[:3], again[:3]):
+        assert torch.equal(a, b)
+    assert np.array_equal(draws[3], again[3]) and draws[4] == again[4]

@@ -84,8 +84,24 @@ def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
 
 
 def _rng_state(gen: torch.Generator, data_gen: torch.Generator) -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"train_gen": gen.get_state(), "data_gen": data_gen.get_state(), "torch": torch.get_rng_state(),
-            "numpy": json.dumps(np.random.get_state()[1].tolist()), "python": json.dumps(random.getstate()[1])}
+            "numpy": json.dumps([name, keys.tolist(), pos, has_gauss, cached]),
+            "python": json.dumps(random.getstate())}
+
+
+def _restore_rng(rng: dict, gen: torch.Generator, data_gen: torch.Generator) -> None:
+    gen.set_state(rng["train_gen"])
+    data_gen.set_state(rng["data_gen"])
+    torch.set_rng_state(rng["torch"])
+    if "numpy" in rng:
+        name, keys, pos, has_gauss, cached = json.loads(rng["numpy"])
+        if isinstance(keys, list) and len(keys) == 624:
+            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "python" in rng:
+        py = json.loads(rng["python"])
+        if isinstance(py, list) and len(py) == 3:
+            random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 def _normalised(raw: dict) -> dict:
@@ -189,9 +205,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
             state, meta = found
             model.load_state_dict(state["model"])
             strategy.load_state_dict(state.get("strategy", {}), model)
-            gen.set_state(state["rng"]["train_gen"])
-            data_gen.set_state(state["rng"]["data_gen"])
-            torch.set_rng_state(state["rng"]["torch"])
+            _restore_rng(state["rng"], gen, data_gen)
             if clf is not None and "classifier" in state:
                 clf.load_state_dict(state["classifier"])
             wall_before = float(meta.get("wall_s", 0.0))
@@ -217,9 +231,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
     if start_task == 0 and mid is None and cfg.train.init_from:
         state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
         model.load_state_dict(state["model"])
-        gen.set_state(state["rng"]["train_gen"])
-        data_gen.set_state(state["rng"]["data_gen"])
-        torch.set_rng_state(state["rng"]["torch"])
+        _restore_rng(state["rng"], gen, data_gen)
         if clf is not None:
             clf.load_state_dict(state["classifier"])
         # this strategy's own end of task 0 (teacher, memory, importance, ...)
