@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -54,6 +53,18 @@ def synthetic_evaluator():
 
     net, info = train_evaluator("synthetic", epochs=2, verbose=False)
     return Evaluator(net.eval(), "synthetic", "0" * 64, info)
+
+
+def step_context(k=1, b=4, seed=0):
+    """A StepContext on random real images: k, (B, 1, 32, 32) in [-1, 1], its own seeded generator."""
+    from cldiff.model import NoiseSchedule
+    from cldiff.strategies import StepContext
+    s = NoiseSchedule()
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(b, 1, 32, 32) * 2 - 1
+    t = s.sample_timesteps(b, g, "cpu")
+    eps = torch.randn(x0.shape, generator=g)
+    return StepContext(k, x0, t, eps, s.add_noise(x0, t, eps), s, g)
 
 
 def smoke_overrides(data_root: Path) -> list[str]:

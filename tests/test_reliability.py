@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cldiff.checkpoint import atomic_write_bytes, list_checkpoints, load_latest, save_checkpoint
+from cldiff.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from cldiff.config import load_config
 from cldiff.train import TrainingDiverged, train
 

@@ -1,19 +1,13 @@
-import copy
-
 import pytest
 import torch
 
-from cldiff.model import EpsModel, NoiseSchedule, ddim_sample, frozen_copy
-from cldiff.strategies import REGISTRY, StepContext, TaskContext, build_strategy
+from cldiff.model import EpsModel, NoiseSchedule, ddim_sample
+from cldiff.strategies import REGISTRY, TaskContext, build_strategy
+
+from conftest import step_context
 
 
-def _ctx(k=1, b=4, seed=0):
-    s = NoiseSchedule()
-    g = torch.Generator().manual_seed(seed)
-    x0 = torch.rand(b, 1, 32, 32) * 2 - 1
-    t = s.sample_timesteps(b, g, "cpu")
-    eps = torch.randn(x0.shape, generator=g)
-    return StepContext(k, x0, t, eps, s.add_noise(x0, t, eps), s, g)
+_ctx = step_context
 
 
 @pytest.fixture(scope="module")

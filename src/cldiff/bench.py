@@ -40,7 +40,7 @@ def _matmul_peak(dtype_name: str, n: int, seconds: float, threads: int | None) -
 def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool):
     import torch
 
-    from .model import EpsModel, NoiseSchedule, autocast_for, frozen_copy
+    from .model import EpsModel, NoiseSchedule, autocast_for
     from .strategies import TaskContext, build_strategy
 
     if threads:
@@ -51,10 +51,11 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
     schedule = NoiseSchedule()
     st = build_strategy(strategy)
     autocast = autocast_for(dev, precision)
-    st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast)) if st.uses_teacher else None
+    if st.uses_teacher:
+        st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast))
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused or None)
     x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
-    return model, schedule, st, autocast, opt, x0, frozen_copy
+    return model, schedule, st, autocast, opt, x0
 
 
 def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused) -> dict:
@@ -62,7 +63,7 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
     from torch.utils.flop_counter import FlopCounterMode
 
     from .train import train_step
-    model, schedule, st, autocast, opt, x0, _ = _setup(preset, batch, strategy, precision, threads, fused)
+    model, schedule, st, autocast, opt, x0 = _setup(preset, batch, strategy, precision, threads, fused)
     gen = torch.Generator().manual_seed(0)
     for _ in range(warmup):
         train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)

@@ -225,7 +225,7 @@ def _sample(args) -> int:
 def _evaluate(args) -> int:
     import torch
 
-    from .checkpoint import list_checkpoints, load_checkpoint_file
+    from .checkpoint import list_checkpoints
     from .data import ContinualData
     from .evaluate import evaluate_task, get_evaluator
     from .model import autocast_for

@@ -40,7 +40,6 @@ class DatasetSpec:
     system_dirs: tuple = ()
     howto: str = ""
     loader: str = "idx"  # idx | cifar_pickle
-    image_size: int = 28  # native size
 
 
 FASHION_MNIST = DatasetSpec(
@@ -96,7 +95,6 @@ CIFAR10 = DatasetSpec(
     howto=("extract cifar-10-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html) and pass the folder that holds "
            "cifar-10-batches-py with `--set data.root=FOLDER` or `export CLDIFF_DATA=FOLDER`"),
     loader="cifar_pickle",
-    image_size=32,
 )
 
 # A procedurally generated 10-class set (oriented bars), for tests and health

@@ -126,9 +126,8 @@ def train_evaluator(dataset: str = "fashion_mnist", root: str | None = None, epo
             idx = perm[i:i + batch]
             xb = x[idx].to(device)
             # light augmentation: random shifts by up to 2 pixels, from the seeded generator
-            if True:
-                dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
-                xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
             with autocast():
                 loss = F.cross_entropy(net(xb).float(), y[idx].to(device))
             opt.zero_grad(set_to_none=True)

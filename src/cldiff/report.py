@@ -266,9 +266,7 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
         if r["shared_from"] else "") for r in runs]
     atomic_write_bytes(out / "report.md", ("\n".join(lines) + "\n").encode())
 
-    def clean(g):
-        return {k: v for k, v in g.items()}
-    atomic_write_bytes(out / "results.json", json.dumps([clean(g) for g in groups], indent=1).encode())
+    atomic_write_bytes(out / "results.json", json.dumps(groups, indent=1).encode())
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["strategy", "seeds", f"{fid_key}_mean", f"{fid_key}_sem", "kld_mean", "kld_sem", "ard_mean", "ard_sem",
