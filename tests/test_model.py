@@ -66,3 +66,31 @@ def test_ddim_is_deterministic_at_eta0_and_clipped():
 def test_paper_unet_size():
     assert abs(num_params(EpsModel("paper")) / 1e6 - 42.9) < 0.1
     assert abs(num_params(EpsModel("small")) / 1e6 - 2.73) < 0.05
+
+
+def test_attention_kinds_compute_the_same_function():
+    import pytest
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+    torch.manual_seed(0)
+    a = EpsModel("tiny", attention="classic")
+    b = EpsModel("tiny", attention="sdpa")
+    b.load_state_dict(a.state_dict())
+    auto = EpsModel("tiny")
+    auto.load_state_dict(a.state_dict())
+    x, t = torch.randn(3, 1, 32, 32), torch.tensor([0, 500, 999])
+    with torch.no_grad():
+        ya, yb, yc = a(x, t), b(x, t), auto(x, t)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-4)
+    assert torch.equal(ya, yc)  # auto is classic on the CPU
+    procs = [type(m.processor) for m in auto.modules() if isinstance(m, Attention)]
+    assert procs and all(p is AttnProcessor for p in procs)
+    # gradients agree too (the backward is where the fused CPU kernel was slow)
+    for m in (a, b):
+        m.zero_grad()
+        m(x, t).square().mean().backward()
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-3, msg=n)
+    from cldiff.model import frozen_copy
+    assert frozen_copy(b).attention == "sdpa"
+    with pytest.raises(ValueError, match="attention"):
+        EpsModel("tiny", attention="flash")

@@ -96,3 +96,35 @@ def test_strategy_config_errors_teach():
 
 def test_registry_has_the_core_strategies():
     assert {"naive", "joint", "generative_replay", "generative_distillation"} <= set(REGISTRY)
+
+
+def test_replay_pool_amortises_generation_and_resumes_exactly(model):
+    st = _with_teacher("generative_distillation", model, teacher_steps=2, pool_every=3, pool_size=6)
+    b = 4
+    counts, pools = [], []
+    for i in range(4):
+        r = st.replay(_ctx(b=b, seed=10 + i))
+        counts.append(r.teacher_images)
+        pools.append(st._pool.clone())
+    # the teacher generates 6 images (2 DDIM steps each) once per 3 iterations; the GD target forward every time
+    assert counts == [2 * 6 + b, b, b, 2 * 6 + b]
+    assert torch.equal(pools[0], pools[2]) and not torch.equal(pools[2], pools[3])
+    # every replay input is a pooled image, noised afresh: at t~ = 0 it is (almost) the pooled image itself
+    ctx = _ctx(b=b, seed=20)
+    g = torch.Generator().manual_seed(0)
+    g.set_state(ctx.generator.get_state())
+    r = st.replay(ctx)
+    pick = torch.randint(0, 6, (b,), generator=g)
+    t = ctx.schedule.sample_timesteps(b, g, "cpu")
+    e = torch.randn((b, 1, 32, 32), generator=g)
+    torch.testing.assert_close(r.x, ctx.schedule.add_noise(pools[3][pick], t, e))
+    # the pool and its age are part of the state: a restored strategy continues identically
+    st2 = build_strategy({"name": "generative_distillation", "teacher_steps": 2, "pool_every": 3, "pool_size": 6})
+    st2.load_state_dict(st.state_dict(), model)
+    a, c = st.replay(_ctx(b=b, seed=30)), st2.replay(_ctx(b=b, seed=30))
+    assert torch.equal(a.x, c.x) and a.teacher_images == c.teacher_images == b
+    # a new teacher starts a new pool
+    st.end_task(model, TaskContext(1, None, [], NoiseSchedule(), torch.device("cpu")))
+    assert st._pool is None
+    with pytest.raises(ValueError, match="pool_every"):
+        build_strategy({"name": "generative_replay", "pool_every": 0})

@@ -37,44 +37,58 @@ def _matmul_peak(dtype_name: str, n: int, seconds: float, threads: int | None) -
     return {"dtype": dtype_name, "n": n, "flops_per_s": 2 * n**3 * reps / dt}
 
 
-def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool):
+def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool,
+           opts: dict | None = None):
     import torch
 
     from .model import EpsModel, NoiseSchedule, autocast_for
     from .strategies import TaskContext, build_strategy
 
+    opts = opts or {}
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device("cpu")
-    model = EpsModel(preset)
+    model = EpsModel(preset, attention=opts.get("attention", "auto"))
     schedule = NoiseSchedule()
     st = build_strategy(strategy)
     autocast = autocast_for(dev, precision)
     if st.uses_teacher:
         st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused or None)
+        if opts.get("teacher_bf16"):
+            st.teacher.to(torch.bfloat16)
+    if opts.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+        if st.uses_teacher:
+            st.teacher.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=(fused or opts.get("fused")) or None)
     x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
     return model, schedule, st, autocast, opt, x0
 
 
-def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused) -> dict:
+def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused, opts=None) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from .train import train_step
-    model, schedule, st, autocast, opt, x0 = _setup(preset, batch, strategy, precision, threads, fused)
+    model, schedule, st, autocast, opt, x0 = _setup(preset, batch, strategy, precision, threads, fused, opts)
+    net = torch.compile(model) if (opts or {}).get("compile") else model
     gen = torch.Generator().manual_seed(0)
     for _ in range(warmup):
-        train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
-    student, t0 = 0, time.perf_counter()
+        train_step(net, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+    student, teacher, t0 = 0, 0, time.perf_counter()
     for _ in range(iters):
-        r = train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+        r = train_step(net, opt, st, schedule, x0, 1, gen, autocast, 1.0)
         student += r["student_images"]
+        teacher += r["teacher_images"]
     dt = (time.perf_counter() - t0) / iters
     with FlopCounterMode(display=False) as fc:
         train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
     flops = fc.get_total_flops()
+    if getattr(st, "pool_every", 1) > 1:
+        # one counted step may or may not refill the pool: use the mean teacher work of the timed steps
+        per_img = flops / max(1, 3 * r["student_images"] + r["teacher_images"])
+        flops = per_img * (3 * student + teacher) / iters
     return {"strategy": strategy["name"], "s_per_iter": dt, "img_per_s": batch / dt,
             "student_img_per_s": student / iters / dt, "flops_per_iter": flops, "flops_per_s": flops / dt,
             "peak_rss_mib": _rss_mib()}
@@ -148,6 +162,40 @@ def _generation_child(preset, batch, steps, precision, threads) -> dict:
             "batch": batch, "peak_rss_mib": _rss_mib()}
 
 
+# `cldiff bench --ablation`: the GD iteration under each speed option, one at a time against the defaults
+# (bf16 autocast where supported, attention "auto", on-the-fly replay), so each option's effect is measured
+# in the same run. "sdpa attention" is the default before the CPU attention choice existed.
+ABLATION = [
+    ("defaults", {}, {}),
+    ("fp32 (no autocast)", {"precision": "fp32"}, {}),
+    ("sdpa attention (previous default)", {}, {"attention": "sdpa"}),
+    ("fused Adam", {}, {"fused": True}),
+    ("channels_last", {}, {"channels_last": True}),
+    ("teacher weights in bf16", {}, {"teacher_bf16": True}),
+    ("torch.compile (student)", {}, {"compile": True}),
+    ("replay pool: every 4 iters", {"pool_every": 4}, {}),
+]
+
+
+def run_ablation(preset: str, batch: int, iters: int, warmup: int, teacher_steps: int, threads: int | None,
+                 skip=("torch.compile (student)",)) -> list[dict]:
+    rows = []
+    for label, over, opts in ABLATION:
+        if label in skip:
+            continue
+        spec = {"name": "generative_distillation", "teacher_steps": teacher_steps}
+        precision = over.get("precision", "auto")
+        if "pool_every" in over:
+            spec["pool_every"] = over["pool_every"]
+        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, False, opts)
+        r["variant"] = label
+        rows.append(r)
+    base = rows[0]["s_per_iter"]
+    for r in rows:
+        r["speedup_vs_defaults"] = base / r["s_per_iter"]
+    return rows
+
+
 def _in_child(fn, *args):
     with mp.get_context("spawn").Pool(1) as pool:
         return pool.apply(fn, args)
@@ -207,10 +255,25 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def format_ablation(rows: list[dict]) -> str:
+    lines = ["", "GD iteration, one option at a time (--ablation):",
+             f"{'variant':36s} {'s/iter':>8s} {'img/s':>8s} {'vs defaults':>11s} {'RSS MiB':>8s}"]
+    for r in rows:
+        lines.append(f"{r['variant']:36s} {r['s_per_iter']:8.3f} {r['img_per_s']:8.1f} "
+                     f"{r['speedup_vs_defaults']:10.2f}x {r['peak_rss_mib']:8.0f}")
+    return "\n".join(lines)
+
+
 def main_bench(args) -> int:
     res = run_bench(args.preset, args.batch, tuple(args.strategies.split(",")), args.iters, args.warmup,
                     args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused)
+    if args.ablation:
+        skip = () if args.compile else ("torch.compile (student)",)
+        res["ablation"] = run_ablation(args.preset, args.batch, args.iters, args.warmup, args.teacher_steps,
+                                       args.threads, skip)
     print(format_table(res))
+    if args.ablation:
+        print(format_ablation(res["ablation"]))
     if args.out:
         from pathlib import Path
         Path(args.out).write_text(json.dumps(res, indent=1))

@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     b.add_argument("--teacher-steps", type=int, default=2, help="DDIM steps of replay generation (default 2)")
     b.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    b.add_argument("--ablation", action="store_true",
+                   help="also time the GD iteration under each speed option, one at a time")
+    b.add_argument("--compile", action="store_true", help="include torch.compile in --ablation (minutes to compile)")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     b.add_argument("--fused", action="store_true", help="fused Adam")
     b.add_argument("--no-reference", action="store_true", help="skip the plain fp32 reference")

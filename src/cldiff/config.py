@@ -60,6 +60,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # gradient-norm clipping (0 disables)
     reset_optimizer: bool = True  # new Adam state at every task, as the paper does
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU supports it) | bf16 | fp32
+    attention: str = "auto"  # UNet attention kernel: auto (classic on the CPU, sdpa elsewhere) | classic | sdpa
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (null: torch's default)
     log_every: int = 20  # steps between metrics.jsonl training lines
@@ -241,6 +242,7 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(t.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 disables), got {t.grad_clip}")
     need(t.precision in ("auto", "bf16", "fp32"), f"train.precision: must be auto, bf16 or fp32, got {t.precision!r}")
+    need(t.attention in ("auto", "classic", "sdpa"), f"train.attention: must be auto, classic or sdpa, got {t.attention!r}")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device: must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     need(t.threads is None or t.threads >= 1, f"train.threads: must be >= 1 or null, got {t.threads}")

@@ -280,34 +280,69 @@ def real_stats(evaluator: Evaluator, dataset: str, split: str, classes, root=Non
 
 
 def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: int, device, autocast,
-             shape=(1, 32, 32)) -> torch.Tensor:
-    """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device)."""
+             shape=(1, 32, 32), shard: tuple[int, int] | None = None):
+    """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device).
+
+    ``shard=(rank, world)``: generate only the batches ``rank, rank + world, ...`` and return
+    ``(indices, samples)``. Every rank draws every batch's starting noise, so with eta = 0 the union of
+    the shards is exactly the unsharded set; the eta > 0 noise then comes from a per-rank generator.
+    """
     gen = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, n, batch):
+    gen_eta = gen if shard is None else torch.Generator().manual_seed(seed + 1 + shard[0])
+    out, idx = [], []
+    for j, i in enumerate(range(0, n, batch)):
         m = min(batch, n - i)
-        z = torch.randn((m, *shape), generator=gen).to(device)
-        out.append(ddim_sample(model, schedule, z, steps, eta, gen, autocast).cpu())
-    return torch.cat(out)
+        z = torch.randn((m, *shape), generator=gen)
+        if shard is not None and j % shard[1] != shard[0]:
+            continue
+        out.append(ddim_sample(model, schedule, z.to(device), steps, eta, gen_eta, autocast).cpu())
+        idx.append(torch.arange(i, i + m))
+    samples = torch.cat(out) if out else torch.zeros((0, *shape))
+    if shard is None:
+        return samples
+    return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)), samples
 
 
-def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, device, autocast) -> dict:
-    """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram."""
+def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, device, autocast, env=None) -> dict | None:
+    """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram.
+
+    With several ranks (``env``, cldiff.dist) the samples are split across ranks, each rank computes its
+    features and predicted classes, and rank 0 gathers them and returns the metrics (the others None).
+    """
     seen = data.seen_classes(k)
     shape = (data.spec.channels, data.image_size, data.image_size)
-    samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
-                       device, autocast, shape)
-    return score_samples(samples, evaluator, data.spec.name, seen, data=data)
+    if env is None or not env.active:
+        samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
+                           device, autocast, shape)
+        return score_samples(samples, evaluator, data.spec.name, seen, data=data)
+    idx, samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
+                            device, autocast, shape, shard=(env.rank, env.world))
+    feats, preds = evaluator.run(samples)
+    parts = env.gather_objects((idx.numpy(), feats, preds))
+    if not env.main:
+        return None
+    order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
+    feats = np.concatenate([p[1] for p in parts])[order]
+    preds = np.concatenate([p[2] for p in parts])[order]
+    out = score_features(feats, preds, evaluator, data.spec.name, seen, data=data)
+    out["ranks"] = env.world
+    return out
 
 
 def score_samples(samples: torch.Tensor, evaluator: Evaluator, dataset: str, classes, data=None) -> dict:
     feats, preds = evaluator.run(samples)
+    return score_features(feats, preds, evaluator, dataset, classes, data=data)
+
+
+def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, dataset: str, classes,
+                   data=None) -> dict:
+    """FID, KLD and ARD of generated images given their evaluator features and predicted classes."""
     mu_r, sig_r, p_true = real_stats(evaluator, dataset, "test", classes, data=data)
     mu_g, sig_g = feature_stats(feats)
     p_pred = class_histogram(preds, len(p_true))
     return {evaluator.fid_key: frechet_distance(mu_g, sig_g, mu_r, sig_r), "kld": kld(p_true, p_pred),
             "ard": ard(p_true, p_pred), "hist_pred": p_pred.round(6).tolist(), "hist_true": p_true.round(6).tolist(),
-            "n_samples": len(samples), "seen_classes": sorted(int(c) for c in classes),
+            "n_samples": len(feats), "seen_classes": sorted(int(c) for c in classes),
             "evaluator_sha256": evaluator.sha256[:16]}
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .config import Config, config_from_dict, save_config
 from .data import ContinualData, save_grid
+from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
 from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
 from .strategies import StepContext, TaskContext, build_strategy
 
@@ -73,6 +74,16 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
+class _NullLog(MetricsLog):
+    """The log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, task: int, keep=None) -> None:
+        pass
+
+
 def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
     t = cfg.train
     if k == 0 and t.first_task_steps is not None:
@@ -83,25 +94,52 @@ def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
     return max(1, round(t.epochs_per_task * math.ceil(n_images / t.batch_size)))
 
 
-def _rng_state(gen: torch.Generator, data_gen: torch.Generator) -> dict:
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux ru_maxrss is in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The training generator's seed on ``rank`` (rank 0: the run's seed, as with one process)."""
+    return seed if rank == 0 else seed + 1_000_003 * rank
+
+
+def _rng_state(gen: torch.Generator, data_gen: torch.Generator, env: DistEnv | None = None) -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"train_gen": gen.get_state(), "data_gen": data_gen.get_state(), "torch": torch.get_rng_state(),
-            "numpy": json.dumps([name, keys.tolist(), pos, has_gauss, cached]),
-            "python": json.dumps(random.getstate())}
+    state = {"train_gen": gen.get_state(), "data_gen": data_gen.get_state(), "torch": torch.get_rng_state(),
+             "numpy": json.dumps([name, keys.tolist(), pos, has_gauss, cached]),
+             "python": json.dumps(random.getstate())}
+    if env is not None and env.active:  # a collective: every rank calls it
+        state["train_gen_ranks"] = env.gather_objects(gen.get_state().cpu())
+    return state
 
 
-def _restore_rng(rng: dict, gen: torch.Generator, data_gen: torch.Generator) -> None:
-    gen.set_state(rng["train_gen"])
+def _restore_rng(rng: dict, gen: torch.Generator, data_gen: torch.Generator, env: DistEnv | None = None,
+                 seed: int = 0, task: int = 0) -> None:
+    ranks = rng.get("train_gen_ranks")
+    if env is not None and env.active:
+        if ranks is not None and len(ranks) == env.world:
+            gen.set_state(ranks[env.rank])
+        elif env.rank == 0:
+            gen.set_state(rng["train_gen"])
+        else:
+            # a checkpoint of one process (a shared task 0) or of another world size: every rank still needs
+            # noise of its own; deterministic in (seed, rank, task)
+            gen.manual_seed(_rank_seed(seed, env.rank) + 7919 * (task + 1))
+    else:
+        gen.set_state(rng["train_gen"])
     data_gen.set_state(rng["data_gen"])
     torch.set_rng_state(rng["torch"])
-    if "numpy" in rng:
-        name, keys, pos, has_gauss, cached = json.loads(rng["numpy"])
-        if isinstance(keys, list) and len(keys) == 624:
-            np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    if "python" in rng:
-        py = json.loads(rng["python"])
-        if isinstance(py, list) and len(py) == 3:
-            random.setstate((py[0], tuple(py[1]), py[2]))
+    # numpy's and python's generators are not used by training itself; a state written in another layout
+    # (an early version stored numpy's keys only) is skipped rather than failing the resume.
+    state = json.loads(rng.get("numpy", "null"))
+    if isinstance(state, list) and len(state) == 5 and isinstance(state[1], list) and len(state[1]) == 624:
+        name, keys, pos, has_gauss, cached = state
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    py = json.loads(rng.get("python", "null"))
+    if isinstance(py, list) and len(py) == 3 and isinstance(py[1], list):
+        random.setstate((py[0], tuple(py[1]), py[2]))
 
 
 def _normalised(raw: dict) -> dict:
@@ -112,7 +150,7 @@ def _normalised(raw: dict) -> dict:
         return raw
 
 
-def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
+def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
     run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
     has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
     if has_ck and not resume:
@@ -128,6 +166,8 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool) -> Path:
                 if prev.get(key) != mine.get(key):
                     raise RunError(f"--resume: the config's '{key}' differs from the run in {run_dir}; resume with "
                                    "the same settings, or start a new run folder with --out")
+    if not write:
+        return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
@@ -165,26 +205,35 @@ class _InterruptFlag:
 def train(cfg: Config, out: str | None = None, resume: bool = False, progress: bool = True,
           evaluator=None) -> Path:
     """Run every task of ``cfg``; returns the run folder. See the module docstring for the maths."""
-    with _InterruptFlag() as flag:
-        return _train(cfg, out, resume, progress, evaluator, flag)
+    device = resolve_device(cfg.train.device)
+    env, device = dist_setup(device)
+    try:
+        with _InterruptFlag() as flag:
+            return _train(cfg, out, resume, progress, evaluator, flag, env, device)
+    finally:
+        dist_teardown(env)
 
 
-def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
+def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, device) -> Path:
     resume = resume or cfg.resume == "auto"
-    run_dir = prepare_run_dir(cfg, out, resume)
-    log = MetricsLog(run_dir / "metrics.jsonl")
+    if cfg.train.batch_size % env.world:
+        raise RunError(f"train.batch_size {cfg.train.batch_size} is the global batch and must split evenly over "
+                       f"the {env.world} ranks; choose a multiple of {env.world}")
+    run_dir = prepare_run_dir(cfg, out, resume, write=env.main)
+    env.barrier()
+    log = MetricsLog(run_dir / "metrics.jsonl") if env.main else _NullLog(run_dir / "metrics.jsonl")
+    progress = progress and env.main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
     autocast = autocast_for(device, cfg.train.precision)
     precision = "fp32" if autocast is contextlib.nullcontext else "bf16"
 
     data = ContinualData.from_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = EpsModel(cfg.model.preset, data.spec.channels, cfg.data.image_size).to(device)
+    model = EpsModel(cfg.model.preset, data.spec.channels, cfg.data.image_size, cfg.train.attention).to(device)
     schedule = NoiseSchedule.from_config(cfg.model, device)
     strategy = build_strategy(cfg.strategy)
-    gen = torch.Generator(device).manual_seed(cfg.seed)  # timesteps, noise, replay
+    gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
     opt = None
     start_task, wall_before = 0, 0.0
@@ -205,7 +254,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
             state, meta = found
             model.load_state_dict(state["model"])
             strategy.load_state_dict(state.get("strategy", {}), model)
-            _restore_rng(state["rng"], gen, data_gen)
+            _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, meta["task"])
             if clf is not None and "classifier" in state:
                 clf.load_state_dict(state["classifier"])
             wall_before = float(meta.get("wall_s", 0.0))
@@ -224,36 +273,43 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
                 log.truncate_after(meta["task"] - 1, keep=lambda r: r.get("task") == meta["task"] and (
                     r["event"] == "classifier_eval" or (r["event"] == "train" and r["step"] <= meta["step"])))
             if start_task >= len(data.tasks):
-                print(f"{run_dir} is already complete ({len(data.tasks)} tasks)", file=sys.stderr)
+                if env.main:
+                    print(f"{run_dir} is already complete ({len(data.tasks)} tasks)", file=sys.stderr)
                 return run_dir
             where = f"task {meta['task']} step {meta['step']}" if mid else f"after task {meta['task']}"
-            print(f"resuming {run_dir} from {where}", file=sys.stderr)
+            if env.main:
+                print(f"resuming {run_dir} from {where}", file=sys.stderr)
     if start_task == 0 and mid is None and cfg.train.init_from:
         state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
         model.load_state_dict(state["model"])
-        _restore_rng(state["rng"], gen, data_gen)
+        _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, 0)
         if clf is not None:
             clf.load_state_dict(state["classifier"])
         # this strategy's own end of task 0 (teacher, memory, importance, ...)
         strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast))
         src_lines = [r for r in MetricsLog(Path(cfg.train.init_from) / "metrics.jsonl").read() if r.get("task") == 0]
-        log.path.write_text("")
+        if env.main:
+            log.path.write_text("")
         header()
         log.write({"event": "shared", "task": 0, "from": str(cfg.train.init_from)})
         for r in src_lines:
             log.write(r)
         src_grid = Path(cfg.train.init_from) / "samples" / "task_00.png"
-        if src_grid.exists():
+        if src_grid.exists() and env.main:
             (run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
         _save(run_dir, cfg, data, model, strategy, None, clf, gen, data_gen,
-              {k: v for k, v in meta.items() if k in ("task", "step", "wall_s")}, {"shared_from": str(cfg.train.init_from)})
+              {k: v for k, v in meta.items() if k in ("task", "step", "wall_s")}, {"shared_from": str(cfg.train.init_from)},
+              env=env)
         start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
-        if cfg.eval.enabled:
+        if cfg.eval.enabled and env.main:
             from .evaluate import write_eval_csv
             write_eval_csv(run_dir)
     if start_task == 0 and mid is None:
-        log.path.write_text("")
+        if env.main:
+            log.path.write_text("")
         header()
+    env.barrier()  # every rank has read its checkpoint before rank 0 writes (and prunes) the next one
+    net = dist_wrap(model, env, device)  # the student as trained (DDP over ranks); strategies see `model`
 
     grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
                              generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
@@ -286,7 +342,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
         bar = tqdm(range(first_step, steps), desc=f"task {k} {tuple(data.tasks[k])}", disable=not progress,
                    mininterval=1.0, file=sys.stderr, dynamic_ncols=True, initial=first_step, total=steps)
         for step in bar:
-            if pos >= n:
+            if pos + env.world > n:  # (one process: pos >= n) every rank needs at least one image
                 perm, pos = torch.randperm(n, generator=data_gen), 0
             idx = perm[pos:pos + b].to(device)
             pos += b
@@ -294,22 +350,25 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
             if cfg.data.hflip:
                 flip = (torch.rand(len(x0), generator=data_gen) < 0.5).to(device).view(-1, 1, 1, 1)
                 x0 = torch.where(flip, x0.flip(-1), x0)
-            r = train_step(model, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
-                           cfg.train.nan_policy, run_dir, step)
+            n_global = len(x0)
+            if env.active:  # same indices on every rank (one data generator), each its own slice
+                x0 = x0[env.rank::env.world]
+            r = train_step(net, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
+                           cfg.train.nan_policy, run_dir, step, env)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
                 c["skipped"] += 1
             else:
-                c["images"] += len(x0)
-                img_since_log += len(x0)
-                c["student_images"] += r["student_images"]
-                c["teacher_images"] += r["teacher_images"]
+                c["images"] += n_global
+                img_since_log += n_global
+                c["student_images"] += r["student_images"] * env.world
+                c["teacher_images"] += r["teacher_images"] * env.world
                 for key in ("loss", "loss_real", "loss_replay"):
                     c["acc"][key] += r[key]
                 c["acc"]["n"] += 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                 now = time.perf_counter()
                 m = max(c["acc"].pop("n"), 1)
-                ratio = r["student_images"] / len(x0) if r is not None else 1.0
+                ratio = r["student_images"] / len(x0) if r is not None else 1.0  # per rank = global ratio
                 rec = {"event": "train", "task": k, "step": step + 1, "steps": steps,
                        **{key: v / m for key, v in c["acc"].items()},
                        "img_per_s": img_since_log / max(now - t_log, 1e-9),
@@ -320,12 +379,14 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
                 c["acc"] = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
                 t_log, img_since_log = now, 0
             every = cfg.train.checkpoint_every
-            if flag.set or (every and (step + 1) % every == 0 and step + 1 < steps):
+            stop = env.any(flag.set)  # Ctrl-C on any rank: all ranks checkpoint the same step
+            if stop or (every and (step + 1) % every == 0 and step + 1 < steps):
                 c_now = {**c, "train_s": c["train_s"] + time.perf_counter() - t_task}
                 _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
                       {"task": k, "step": step + 1, "wall_s": time.perf_counter() - t_run},
-                      {"complete": False, "task_counters": c_now}, task_state={"perm": perm, "pos": torch.tensor(pos)})
-                if flag.set:
+                      {"complete": False, "task_counters": c_now}, task_state={"perm": perm, "pos": torch.tensor(pos)},
+                      env=env)
+                if stop:
                     bar.close()
                     raise Interrupted(f"interrupted at task {k} step {step + 1}; checkpoint written. "
                                       f"Continue with: cldiff train --config {run_dir / 'config.yaml'} --out {run_dir} --resume")
@@ -334,34 +395,45 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag) -> Path:
         model.eval()
         strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast))
 
-        if cfg.train.grid_samples > 0:
+        if cfg.train.grid_samples > 0 and env.main:
             grid = ddim_sample(model, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
             save_grid(grid, run_dir / "samples" / f"task_{k:02d}.png")
         log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
                    "images_trained": c["images"], "student_images": c["student_images"],
                    "teacher_image_forwards": c["teacher_images"], "skipped_nonfinite": c["skipped"],
-                   "train_s": train_s, "wall_s": time.perf_counter() - t_run})
+                   "train_s": train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": _peak_rss_mib()})
         if cfg.eval.enabled:
             from .evaluate import evaluate_task, get_evaluator, write_eval_csv
 
             if evaluator is None:
-                evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
+                if env.main:  # rank 0 trains and caches the evaluator if there is none yet; the others then load it
+                    evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
+                env.barrier()
+                if not env.main:
+                    evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
             t_eval = time.perf_counter()
-            metrics = evaluate_task(model, schedule, data, k, cfg.eval, evaluator, device, autocast)
-            metrics["eval_s"] = time.perf_counter() - t_eval
-            log.write({"event": "eval", "task": k, **metrics})
-            write_eval_csv(run_dir)
+            metrics = evaluate_task(model, schedule, data, k, cfg.eval, evaluator, device, autocast, env)
+            if env.main:
+                metrics["eval_s"] = time.perf_counter() - t_eval
+                log.write({"event": "eval", "task": k, **metrics})
+                write_eval_csv(run_dir)
         _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
-              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True})
-    log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run})
+              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env)
+    log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run,
+               "peak_rss_mib": _peak_rss_mib()})
     return run_dir
 
 
 def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
-               run_dir=None, step=0) -> dict | None:
+               run_dir=None, step=0, env: DistEnv | None = None) -> dict | None:
     """One optimizer step on real images x0 (B, C, H, W) in [-1, 1]; returns losses and image counts,
-    or None when the loss was not finite and nan_policy is 'skip'."""
+    or None when the loss was not finite and nan_policy is 'skip'.
+
+    ``model`` may be the DDP wrapper (it is called once, for the student forward); the strategy's
+    penalty and after_step see the module itself.
+    """
     device = x0.device
+    base = model.module if hasattr(model, "module") else model
     t = schedule.sample_timesteps(len(x0), gen, device)
     eps = torch.randn(x0.shape, generator=gen, device=device)
     x_t = schedule.add_noise(x0, t, eps)
@@ -380,10 +452,13 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
         pred = out[len(x0):] if replay.x is not None else out[: len(x0)]
         loss_replay = F.mse_loss(pred, replay.target)
         loss = loss + w_replay * loss_replay
-    pen = strategy.penalty(model)
+    pen = strategy.penalty(base)
     if pen is not None:
         loss = loss + pen
-    if not torch.isfinite(loss):
+    bad = not bool(torch.isfinite(loss))
+    if env is not None:
+        bad = env.any(bad)  # all ranks skip (or stop) together, or DDP's backward would wait forever
+    if bad:
         if nan_policy == "skip":
             opt.zero_grad(set_to_none=True)
             return None
@@ -396,15 +471,20 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
-    strategy.after_step(model)
+    strategy.after_step(base)
     return {"loss": loss.item(), "loss_real": loss_real.item(), "loss_replay": loss_replay.item(),
             "student_images": len(inputs), "teacher_images": replay.teacher_images if replay is not None else 0}
 
 
 def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
-          task_state: dict | None = None) -> None:
+          task_state: dict | None = None, env: DistEnv | None = None) -> None:
+    """Write a checkpoint (rank 0; with several ranks a collective: all call it, all leave together)."""
+    rng = _rng_state(gen, data_gen, env)
+    if env is not None and not env.main:
+        env.barrier()
+        return
     state = {"model": model.state_dict(), "strategy": strategy.state_dict(),
-             "optimizer": opt.state_dict() if opt is not None else {}, "rng": _rng_state(gen, data_gen)}
+             "optimizer": opt.state_dict() if opt is not None else {}, "rng": rng}
     if clf is not None:
         state["classifier"] = clf.state_dict()
     if task_state is not None:
@@ -412,8 +492,11 @@ def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: d
     name = f"task_{where['task']:02d}" if extra.get("complete", True) else \
         f"task_{where['task']:02d}_step_{where['step']:07d}"
     save_checkpoint(run_dir, name, state, {**where, "complete": True, **extra, "config": cfg.to_dict(),
-                                           "tasks": [list(t) for t in data.tasks]},
+                                           "tasks": [list(t) for t in data.tasks],
+                                           "world_size": env.world if env is not None else 1},
                     keep=cfg.train.keep_checkpoints)
+    if env is not None:
+        env.barrier()
 
 
 def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, dict]:
@@ -458,7 +541,7 @@ def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSch
         state, meta = load_checkpoint_file(p, map_location=device)
     cfg = config_from_dict(meta["config"])
     from .data import DATASETS
-    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size)
+    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     return model, NoiseSchedule.from_config(cfg.model, device), cfg, meta

@@ -26,9 +26,22 @@ class _TeacherReplay(TeacherStrategy):
     lam: float = 1.0  # lambda: weight of the replay loss (paper: GR 1; GD swept 0.1 .. 3.0)
     teacher_steps: int = 2  # S: DDIM steps the teacher takes to generate replay (paper: 2; also 10, 100)
     teacher_eta: float = 0.0  # DDIM eta of replay generation (paper: 0)
+    # Amortised replay (not the paper's; off by default): every `pool_every` iterations the teacher generates
+    # `pool_size` images (0: as many as the batch), and each minibatch draws its B replay images from that pool
+    # with replacement, noised afresh. 1 = on the fly, a new x~0 for every replay sample (the paper).
+    pool_every: int = 1
+    pool_size: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._pool, self._pool_age = None, 0
 
     def check(self) -> list[str]:
         p = []
+        if self.pool_every < 1:
+            p.append(f"pool_every: must be >= 1 (1 = replay generated on the fly), got {self.pool_every}")
+        if self.pool_size < 0:
+            p.append(f"pool_size: must be >= 0 (0 = the batch size), got {self.pool_size}")
         if self.lam < 0:
             p.append(f"lam: must be >= 0, got {self.lam}")
         if self.teacher_steps < 1:
@@ -40,12 +53,39 @@ class _TeacherReplay(TeacherStrategy):
     def _replay_inputs(self, ctx: StepContext):
         """(x~, t~, e') for B replay samples; all randomness from ctx.generator."""
         b, dev = ctx.x0.shape[0], ctx.x0.device
-        z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
-        x0_tilde = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
-                               ctx.generator, ctx.autocast)
+        if self.pool_every == 1:
+            z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
+            x0_tilde = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
+                                   ctx.generator, ctx.autocast)
+            self._generated = b
+        else:
+            self._generated = 0
+            if self._pool is None or self._pool_age >= self.pool_every:
+                n = self.pool_size or b
+                z = torch.randn((n, *ctx.x0.shape[1:]), generator=ctx.generator, device=dev)
+                self._pool = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
+                                         ctx.generator, ctx.autocast)
+                self._pool_age, self._generated = 0, n
+            self._pool_age += 1
+            pick = torch.randint(0, len(self._pool), (b,), generator=ctx.generator, device=dev)
+            x0_tilde = self._pool[pick]
         t_tilde = ctx.schedule.sample_timesteps(b, ctx.generator, dev)
         e_prime = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
         return ctx.schedule.add_noise(x0_tilde, t_tilde, e_prime), t_tilde, e_prime
+
+    def end_task(self, model, ctx) -> None:
+        super().end_task(model, ctx)
+        self._pool, self._pool_age = None, 0  # a new teacher: its pool is made afresh
+
+    def state_dict(self) -> dict:
+        s = super().state_dict()
+        if self._pool is not None:
+            s["pool"], s["pool_age"] = self._pool, self._pool_age
+        return s
+
+    def load_state_dict(self, state: dict, model) -> None:
+        super().load_state_dict(state, model)
+        self._pool, self._pool_age = state.get("pool"), int(state.get("pool_age", 0))
 
 
 @register
@@ -59,7 +99,7 @@ class GenerativeReplay(_TeacherReplay):
         if self.teacher is None:  # task 0 never replays
             return None
         x, t, e = self._replay_inputs(ctx)
-        return Replay(target=e, x=x, t=t, teacher_images=self.teacher_steps * x.shape[0])
+        return Replay(target=e, x=x, t=t, teacher_images=self.teacher_steps * self._generated)
 
 
 @register
@@ -74,4 +114,4 @@ class GenerativeDistillation(_TeacherReplay):
             return None
         x, t, _ = self._replay_inputs(ctx)
         target = predict_eps(self.teacher, x, t, ctx.autocast)
-        return Replay(target=target, x=x, t=t, teacher_images=(self.teacher_steps + 1) * x.shape[0])
+        return Replay(target=target, x=x, t=t, teacher_images=self.teacher_steps * self._generated + x.shape[0])
