@@ -30,3 +30,16 @@ def test_table_mentions_every_strategy():
                           "peak_rss_mib": 300}, "gd_cost_over_gr": 1.1}
     t = format_table(res)
     assert "naive" in t and "1.00 TFLOP/s" in t and "1.10" in t
+
+
+def test_replay_pool_flops_count_the_amortised_generation():
+    b = 4
+    gd = _strategy_child("tiny", b, {"name": "generative_distillation", "teacher_steps": 2}, 4, 0, "fp32", None, False)
+    pool = _strategy_child("tiny", b, {"name": "generative_distillation", "teacher_steps": 2, "pool_every": 4},
+                           4, 0, "fp32", None, False)
+    m = EpsModel("tiny").eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.randn(b, 1, 32, 32), torch.zeros(b, dtype=torch.long))
+    fwd = fc.get_total_flops()
+    # 4 timed iterations, one pool refill of B images (2 DDIM steps): 2 of the 2 x 4 generation forwards remain
+    assert gd["flops_per_iter"] - pool["flops_per_iter"] == 2 * fwd * 3 / 4

@@ -169,3 +169,39 @@ def test_every_rng_is_saved_and_restored():
     for a, b in zip(draws[:3], again[:3]):
         assert torch.equal(a, b)
     assert np.array_equal(draws[3], again[3]) and draws[4] == again[4]
+
+
+def test_resume_accepts_a_checkpoint_with_an_older_rng_layout():
+    # an early version stored numpy's 624 keys only: the resume must go on (numpy's generator is not used by
+    # training), with the torch generators, which are, restored exactly
+    import json as _json
+
+    import numpy as np
+
+    from cldiff.train import _restore_rng, _rng_state
+    g, dg = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    saved = _rng_state(g, dg)
+    saved["numpy"] = _json.dumps(np.random.get_state()[1].tolist())
+    saved["python"] = _json.dumps([1, 2])
+    expect = torch.rand(3, generator=g)
+    g2 = torch.Generator()
+    _restore_rng(saved, g2, torch.Generator())
+    assert torch.equal(torch.rand(3, generator=g2), expect)
+
+
+def test_rank_generators_follow_the_rank_on_resume():
+    from cldiff.dist import DistEnv
+    from cldiff.train import _restore_rng
+    states = [torch.Generator().manual_seed(s).get_state() for s in (10, 11)]
+    rng = {"train_gen": states[0], "data_gen": torch.Generator().get_state(), "torch": torch.get_rng_state(),
+           "train_gen_ranks": states}
+    for rank in (0, 1):
+        g = torch.Generator()
+        _restore_rng(rng, g, torch.Generator(), DistEnv(rank, 2))
+        assert torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=torch.Generator().manual_seed(10 + rank)))
+    # a one-process checkpoint (a shared task 0) on 2 ranks: rank 0 continues it, rank 1 gets noise of its own
+    one = {k: v for k, v in rng.items() if k != "train_gen_ranks"}
+    g0, g1 = torch.Generator(), torch.Generator()
+    _restore_rng(one, g0, torch.Generator(), DistEnv(0, 2), seed=42, task=0)
+    _restore_rng(one, g1, torch.Generator(), DistEnv(1, 2), seed=42, task=0)
+    assert torch.equal(g0.get_state(), states[0]) and not torch.equal(g1.get_state(), states[0])

@@ -128,3 +128,23 @@ def test_replay_pool_amortises_generation_and_resumes_exactly(model):
     assert st._pool is None
     with pytest.raises(ValueError, match="pool_every"):
         build_strategy({"name": "generative_replay", "pool_every": 0})
+
+
+def test_teacher_is_bf16_under_bf16_autocast_and_resumes_in_its_dtype(model):
+    from cldiff.model import autocast_for
+    ac = autocast_for(torch.device("cpu"), "bf16")
+    st = build_strategy({"name": "generative_distillation"})
+    st.end_task(model, TaskContext(0, None, [], NoiseSchedule(), torch.device("cpu"), ac))
+    assert all(p.dtype == torch.bfloat16 for p in st.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the student is untouched
+    st2 = build_strategy({"name": "generative_distillation"})
+    st2.load_state_dict(st.state_dict(), model)
+    assert all(p.dtype == torch.bfloat16 for p in st2.teacher.parameters())
+    a, b = st.replay(_ctx(seed=1)), st2.replay(_ctx(seed=1))  # called outside autocast, it still runs
+    assert torch.equal(a.target, b.target) and a.target.dtype == torch.float32
+    ctx1, ctx2 = _ctx(seed=2), _ctx(seed=2)
+    ctx1.autocast = ctx2.autocast = ac
+    assert torch.equal(st.replay(ctx1).target, st2.replay(ctx2).target)
+    # full precision keeps an fp32 teacher
+    st.end_task(model, TaskContext(0, None, [], NoiseSchedule(), torch.device("cpu")))
+    assert all(p.dtype == torch.float32 for p in st.teacher.parameters())

@@ -68,10 +68,10 @@ def test_train_step_changes_student_not_teacher(fake_fmnist, tmp_path):
     out = train(_cfg(fake_fmnist), out=str(tmp_path / "r"), progress=False)
     s0, _ = load_checkpoint_file(out / "checkpoints" / "task_00.pt")
     s1, _ = load_checkpoint_file(out / "checkpoints" / "task_01.pt")
-    # the teacher during task 1 was the end-of-task-0 model and it is unchanged
+    # the teacher during task 1 was the end-of-task-0 model (in bf16 under bf16 autocast) and it is unchanged
     t1 = s0["strategy"]["teacher"]
     for k, v in s0["model"].items():
-        assert torch.equal(t1[k], v)
+        assert torch.equal(t1[k], v.to(t1[k].dtype))
     # the student moved during task 1
     assert any(not torch.equal(s1["model"][k], v) for k, v in s0["model"].items())
 
@@ -129,3 +129,6 @@ def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, t
     from cldiff.train import RunError
     with pytest.raises(RunError, match="train.lr"):
         train(_cfg(fake_fmnist, "train.lr=0.001", f"train.init_from={gd}"), out=str(tmp_path / "x"), progress=False)
+    # settings that do not change the computation may differ (mid-task checkpoints, attention kernel, threads)
+    train(_cfg(fake_fmnist, "strategy={name: generative_replay}", "train.checkpoint_every=3", "train.threads=1",
+               "train.attention=sdpa", f"train.init_from={gd}"), out=str(tmp_path / "y"), progress=False)

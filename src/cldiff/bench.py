@@ -55,8 +55,8 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
     autocast = autocast_for(dev, precision)
     if st.uses_teacher:
         st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast))
-        if opts.get("teacher_bf16"):
-            st.teacher.to(torch.bfloat16)
+        if opts.get("teacher_fp32"):
+            st.teacher.float()
     if opts.get("channels_last"):
         model.to(memory_format=torch.channels_last)
         if st.uses_teacher:
@@ -86,9 +86,11 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
         train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0)
     flops = fc.get_total_flops()
     if getattr(st, "pool_every", 1) > 1:
-        # one counted step may or may not refill the pool: use the mean teacher work of the timed steps
-        per_img = flops / max(1, 3 * r["student_images"] + r["teacher_images"])
-        flops = per_img * (3 * student + teacher) / iters
+        # the counted step may or may not refill the pool: count the mean teacher work of the timed steps instead
+        counted = st.teacher_steps * st._generated + len(x0)
+        with FlopCounterMode(display=False) as fc1, torch.no_grad():
+            model(x0[:1], torch.zeros(1, dtype=torch.long))
+        flops += fc1.get_total_flops() * (teacher / iters - counted)
     return {"strategy": strategy["name"], "s_per_iter": dt, "img_per_s": batch / dt,
             "student_img_per_s": student / iters / dt, "flops_per_iter": flops, "flops_per_s": flops / dt,
             "peak_rss_mib": _rss_mib()}
@@ -163,15 +165,16 @@ def _generation_child(preset, batch, steps, precision, threads) -> dict:
 
 
 # `cldiff bench --ablation`: the GD iteration under each speed option, one at a time against the defaults
-# (bf16 autocast where supported, attention "auto", on-the-fly replay), so each option's effect is measured
-# in the same run. "sdpa attention" is the default before the CPU attention choice existed.
+# (bf16 autocast where supported, attention "auto", a bf16 teacher under bf16 autocast, on-the-fly replay),
+# so each option's effect is measured in the same run. The "previous default" rows undo one of today's
+# defaults each.
 ABLATION = [
     ("defaults", {}, {}),
     ("fp32 (no autocast)", {"precision": "fp32"}, {}),
     ("sdpa attention (previous default)", {}, {"attention": "sdpa"}),
     ("fused Adam", {}, {"fused": True}),
     ("channels_last", {}, {"channels_last": True}),
-    ("teacher weights in bf16", {}, {"teacher_bf16": True}),
+    ("teacher weights fp32 (previous default)", {}, {"teacher_fp32": True}),
     ("torch.compile (student)", {}, {"compile": True}),
     ("replay pool: every 4 iters", {"pool_every": 4}, {}),
 ]

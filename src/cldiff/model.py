@@ -86,6 +86,9 @@ class EpsModel(nn.Module):
         kind = self.attention if self.attention != "auto" else ("classic" if x.device.type == "cpu" else "sdpa")
         if kind != self._attn_active:
             self._use_attention(kind)
+        w = self.unet.conv_in.weight.dtype
+        if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(w)  # a reduced-precision copy (the bf16 teacher) called outside autocast
         return self.unet(x, t, return_dict=False)[0]
 
 
@@ -131,7 +134,22 @@ def autocast_for(device: torch.device, precision: str = "auto"):
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))
     if not use_bf16:
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return _Autocast(device.type, torch.bfloat16)
+
+
+class _Autocast:
+    """``torch.autocast(device_type, dtype)`` as a factory that says its dtype (``autocast_dtype``)."""
+
+    def __init__(self, device_type: str, dtype: torch.dtype):
+        self.device_type, self.dtype = device_type, dtype
+
+    def __call__(self):
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def autocast_dtype(autocast) -> torch.dtype | None:
+    """The reduced precision of an autocast factory from :func:`autocast_for` (None: full precision)."""
+    return getattr(autocast, "dtype", None)
 
 
 # --------------------------------------------------------------------------- schedule

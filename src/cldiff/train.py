@@ -516,7 +516,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     for key in ("seed", "data", "model", "classifier"):
         if theirs.get(key) != mine.get(key):
             raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
-    skip = {"init_from", "keep_checkpoints", "log_every", "threads", "device"}
+    skip = {"init_from", "keep_checkpoints", "checkpoint_every", "log_every", "threads", "device", "attention"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
     if diff:
         raise RunError(f"train.init_from: {src} differs in train.{', train.'.join(diff)}; task 0 would not be identical")

@@ -22,7 +22,7 @@ from typing import Callable, ClassVar
 
 import torch
 
-from ..model import NoiseSchedule, frozen_copy
+from ..model import NoiseSchedule, autocast_dtype, frozen_copy
 
 
 @dataclass
@@ -135,6 +135,13 @@ class TeacherStrategy(Strategy):
     def end_task(self, model, ctx) -> None:
         # Refreshed once per task, never during one (PROTOCOL.md section 3).
         self.teacher = frozen_copy(model)
+        # Under bf16 autocast the teacher keeps bf16 weights: autocast would round its convolution and linear
+        # weights to bf16 at every forward anyway; stored once, the casts go (measured with `cldiff bench
+        # --ablation`), and the output differs from the fp32-weight teacher's by about as much as autocast's
+        # own rounding does (small UNet: mean |diff| 0.0045 vs 0.0041, on outputs of mean magnitude 0.39).
+        dtype = autocast_dtype(ctx.autocast)
+        if dtype is not None:
+            self.teacher.to(dtype)
 
     def state_dict(self) -> dict:
         return {"teacher": self.teacher.state_dict()} if self.teacher is not None else {}
@@ -142,6 +149,8 @@ class TeacherStrategy(Strategy):
     def load_state_dict(self, state: dict, model) -> None:
         if "teacher" in state:
             self.teacher = frozen_copy(model)
+            saved = next((v.dtype for v in state["teacher"].values() if v.is_floating_point()), torch.float32)
+            self.teacher.to(saved)  # the dtype it was saved in
             self.teacher.load_state_dict(state["teacher"])
 
 
