@@ -97,7 +97,8 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
 
 
 def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> dict:
-    """The GD iteration written the simplest way: fp32, no autocast, diffusers' scheduler for sampling."""
+    """The GD iteration written the simplest way: fp32, no autocast, diffusers' UNet with its default (SDPA)
+    attention, diffusers' scheduler for sampling."""
     import torch
     import torch.nn.functional as F
     from diffusers import DDIMScheduler
@@ -106,7 +107,7 @@ def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> di
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = EpsModel(preset)
+    model = EpsModel(preset, attention="sdpa")
     teacher = frozen_copy(model)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=True)
