@@ -499,6 +499,15 @@ def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: d
         env.barrier()
 
 
+def _task0_budget(t: dict) -> tuple:
+    """What decides the length of task 0 (see steps_for_task)."""
+    if t.get("first_task_steps") is not None:
+        return ("steps", t["first_task_steps"])
+    if t.get("steps_per_task") is not None:
+        return ("steps", t["steps_per_task"])
+    return ("epochs", t.get("epochs_per_task"))
+
+
 def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, dict]:
     """The verified task-0 checkpoint of another run whose task 0 is identical to this run's."""
     from .checkpoint import load_checkpoint_file
@@ -516,8 +525,11 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     for key in ("seed", "data", "model", "classifier"):
         if theirs.get(key) != mine.get(key):
             raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
-    skip = {"init_from", "keep_checkpoints", "checkpoint_every", "log_every", "threads", "device", "attention"}
+    skip = {"init_from", "keep_checkpoints", "checkpoint_every", "log_every", "threads", "device", "attention",
+            "steps_per_task", "epochs_per_task", "first_task_steps"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
+    if _task0_budget(theirs["train"]) != _task0_budget(mine["train"]):  # later tasks' budgets may differ
+        diff.append("first_task_steps/steps_per_task/epochs_per_task (task 0's budget)")
     if diff:
         raise RunError(f"train.init_from: {src} differs in train.{', train.'.join(diff)}; task 0 would not be identical")
     if theirs.get("eval") != mine.get("eval"):
