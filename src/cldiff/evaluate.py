@@ -75,7 +75,7 @@ class Evaluator:
         return f"fid_{self.tag}"
 
     @torch.no_grad()
-    def run(self, images: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, images: torch.Tensor, batch: int = 250) -> tuple[np.ndarray, np.ndarray]:
         """(features float64 (N, 256), predicted class (N,)) for images (N, C, 32, 32) in [-1, 1]."""
         dev = next(self.net.parameters()).device
         feats, preds = [], []
