@@ -1,3 +1,4 @@
+import contextlib
 import json
 import shutil
 import subprocess
@@ -139,3 +140,43 @@ def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, t
     with pytest.raises(RunError, match="task 0's budget"):
         train(_cfg(fake_fmnist, "train.first_task_steps=5", f"train.init_from={gd2}"), out=str(tmp_path / "w"),
               progress=False)
+
+
+@pytest.mark.parametrize("name", ["generative_distillation", "lwf_distillation", "naive", "ewc"])
+def test_micro_batches_give_the_same_step(name):
+    """Slicing the student batch (train.micro_batches) changes memory, not the update."""
+    import copy
+
+    from cldiff.model import EpsModel, NoiseSchedule
+    from cldiff.strategies import TaskContext, build_strategy
+    from cldiff.train import train_step
+    torch.manual_seed(0)
+    model = EpsModel("tiny")
+    schedule = NoiseSchedule()
+    st = build_strategy({"name": name})
+    if name == "ewc":
+        class _Data:  # what EWC's end_task reads: the task's training images
+            def train(self, classes):
+                return torch.rand(16, 1, 32, 32) * 2 - 1, torch.zeros(16, dtype=torch.long)
+        st = build_strategy({"name": name, "strength": 1e3})
+        st.end_task(model, TaskContext(0, _Data(), [0, 1], schedule, torch.device("cpu")))
+        with torch.no_grad():  # move away from the anchor so the penalty has a gradient
+            for p in model.parameters():
+                p.add_(0.01)
+    elif st.uses_teacher:
+        st.end_task(model, TaskContext(0, None, [], schedule, torch.device("cpu")))
+    x0 = torch.rand(6, 1, 32, 32) * 2 - 1
+    results, params = [], []
+    for micro in (1, 3):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        r = train_step(m, opt, st, schedule, x0, 1, torch.Generator().manual_seed(5), contextlib.nullcontext,
+                       0.0, micro_batches=micro)
+        results.append(r)
+        params.append([p.detach().clone() for p in m.parameters()])
+    assert results[0]["student_images"] == results[1]["student_images"]
+    for key in ("loss", "loss_real", "loss_replay"):
+        assert results[1][key] == pytest.approx(results[0][key], rel=1e-5, abs=1e-9), key
+    for a, b in zip(*params):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    assert any(not torch.equal(a, p) for a, p in zip(params[0], model.parameters()))  # the step did move them

@@ -61,6 +61,7 @@ class TrainConfig:
     reset_optimizer: bool = True  # new Adam state at every task, as the paper does
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU supports it) | bf16 | fp32
     attention: str = "auto"  # UNet attention kernel: auto (classic on the CPU, sdpa elsewhere) | classic | sdpa
+    micro_batches: int = 1  # forward/backward the student batch in this many slices: same gradients, less memory
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (null: torch's default)
     log_every: int = 20  # steps between metrics.jsonl training lines
@@ -243,6 +244,8 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(t.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 disables), got {t.grad_clip}")
     need(t.precision in ("auto", "bf16", "fp32"), f"train.precision: must be auto, bf16 or fp32, got {t.precision!r}")
     need(t.attention in ("auto", "classic", "sdpa"), f"train.attention: must be auto, classic or sdpa, got {t.attention!r}")
+    need(isinstance(t.micro_batches, int) and t.micro_batches >= 1,
+         f"train.micro_batches: must be an integer >= 1 (1: the whole batch at once), got {t.micro_batches!r}")
     need(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
          f"train.device: must be auto, cpu, cuda or cuda:N, got {t.device!r}")
     need(t.threads is None or t.threads >= 1, f"train.threads: must be >= 1 or null, got {t.threads}")

@@ -354,7 +354,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
             if env.active:  # same indices on every rank (one data generator), each its own slice
                 x0 = x0[env.rank::env.world]
             r = train_step(net, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
-                           cfg.train.nan_policy, run_dir, step, env)
+                           cfg.train.nan_policy, run_dir, step, env, cfg.train.micro_batches)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
                 c["skipped"] += 1
             else:
@@ -425,7 +425,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
 
 
 def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
-               run_dir=None, step=0, env: DistEnv | None = None) -> dict | None:
+               run_dir=None, step=0, env: DistEnv | None = None, micro_batches: int = 1) -> dict | None:
     """One optimizer step on real images x0 (B, C, H, W) in [-1, 1]; returns losses and image counts,
     or None when the loss was not finite and nan_policy is 'skip'.
 
@@ -441,6 +441,9 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
     inputs, tt = x_t, t
     if replay is not None and replay.x is not None:
         inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
+    if micro_batches > 1:
+        return _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip,
+                           nan_policy, run_dir, step, env, micro_batches)
     with autocast():
         out = model(inputs, tt)
     out = out.float()
@@ -474,6 +477,67 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
     strategy.after_step(base)
     return {"loss": loss.item(), "loss_real": loss_real.item(), "loss_replay": loss_replay.item(),
             "student_images": len(inputs), "teacher_images": replay.teacher_images if replay is not None else 0}
+
+
+def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
+                run_dir, step, env, micro) -> dict | None:
+    """train_step's forward and backward in `micro` slices of the student batch: the same loss and gradients
+    (up to float rounding: GroupNorm has no batch statistics) with the activations of one slice at a time."""
+    n_real, n = len(x0), len(inputs)
+    w_real, w_replay = strategy.loss_weights(k, replay is not None)
+    d = eps[0].numel()
+    on_real = replay is not None and replay.x is None  # LwF-like: the replay target applies to the real rows
+    opt.zero_grad(set_to_none=True)
+    tot_real = torch.zeros((), device=x0.device)
+    tot_rep = torch.zeros((), device=x0.device)
+    tot_pen = torch.zeros((), device=x0.device)
+    cuts = [round(i * n / micro) for i in range(micro + 1)]
+    for i in range(micro):
+        a, b = cuts[i], cuts[i + 1]
+        if a == b:
+            continue
+        sync = contextlib.nullcontext() if (i == micro - 1 or not hasattr(model, "no_sync")) else model.no_sync()
+        with sync:
+            with autocast():
+                out = model(inputs[a:b], tt[a:b])
+            out = out.float()
+            r_end = min(b, n_real)
+            part_real = ((out[: max(0, r_end - a)] - eps[a:r_end]) ** 2).sum() / (n_real * d) if a < n_real \
+                else out.new_zeros(())
+            part_rep = out.new_zeros(())
+            if replay is not None:
+                if on_real and a < n_real:
+                    part_rep = ((out[: r_end - a] - replay.target[a:r_end]) ** 2).sum() / (n_real * d)
+                elif not on_real and b > n_real:
+                    lo = max(a, n_real)
+                    part_rep = ((out[lo - a:] - replay.target[lo - n_real:b - n_real]) ** 2).sum() / ((n - n_real) * d)
+            loss = w_real * part_real + w_replay * part_rep
+            if i == 0:
+                pen = strategy.penalty(base)
+                if pen is not None:
+                    loss = loss + pen
+                    tot_pen = tot_pen + pen.detach()
+            loss.backward()
+        tot_real += part_real.detach()
+        tot_rep += part_rep.detach()
+    total = w_real * tot_real + w_replay * tot_rep + tot_pen
+    bad = not bool(torch.isfinite(total))
+    if env is not None:
+        bad = env.any(bad)
+    if bad:
+        opt.zero_grad(set_to_none=True)
+        if nan_policy == "skip":
+            return None
+        where = f"; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}" if run_dir else ""
+        raise TrainingDiverged(
+            f"task {k} step {step}: the loss is {total.item()} (real {tot_real.item()}, replay "
+            f"{tot_rep.item()}){where}. Lower train.lr, or set train.nan_policy=skip to skip such batches")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    strategy.after_step(base)
+    return {"loss": total.item(), "loss_real": tot_real.item(), "loss_replay": tot_rep.item(),
+            "student_images": n, "teacher_images": replay.teacher_images if replay is not None else 0}
 
 
 def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
@@ -526,6 +590,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
         if theirs.get(key) != mine.get(key):
             raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
     skip = {"init_from", "keep_checkpoints", "checkpoint_every", "log_every", "threads", "device", "attention",
+            "micro_batches",
             "steps_per_task", "epochs_per_task", "first_task_steps"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
     if _task0_budget(theirs["train"]) != _task0_budget(mine["train"]):  # later tasks' budgets may differ
