@@ -64,14 +64,6 @@ class DistEnv:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj):
-        """Rank 0's ``obj`` on every rank."""
-        if not self.active:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def _comm_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
@@ -79,16 +71,9 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
-def env_world() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
 def setup(device: torch.device) -> tuple[DistEnv, torch.device]:
     """Join the process group torchrun describes; returns the environment and this rank's device."""
-    world = env_world()
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return DistEnv(), device
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))

@@ -458,25 +458,34 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
     pen = strategy.penalty(base)
     if pen is not None:
         loss = loss + pen
+    return _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, len(inputs), replay, k, step,
+                       run_dir, env, nan_policy, grad_clip, backward=True)
+
+
+def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_student, replay, k, step, run_dir, env,
+                nan_policy, grad_clip, backward: bool) -> dict | None:
+    """The end of a step: a non-finite loss stops or skips (all ranks together); else (backward, when the
+    gradients are not there yet), clipping, the optimizer step and the strategy's after_step."""
     bad = not bool(torch.isfinite(loss))
     if env is not None:
         bad = env.any(bad)  # all ranks skip (or stop) together, or DDP's backward would wait forever
     if bad:
+        opt.zero_grad(set_to_none=True)
         if nan_policy == "skip":
-            opt.zero_grad(set_to_none=True)
             return None
         where = f"; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}" if run_dir else ""
         raise TrainingDiverged(
             f"task {k} step {step}: the loss is {loss.item()} (real {loss_real.item()}, replay "
             f"{loss_replay.item()}){where}. Lower train.lr, or set train.nan_policy=skip to skip such batches")
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if backward:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     strategy.after_step(base)
     return {"loss": loss.item(), "loss_real": loss_real.item(), "loss_replay": loss_replay.item(),
-            "student_images": len(inputs), "teacher_images": replay.teacher_images if replay is not None else 0}
+            "student_images": n_student, "teacher_images": replay.teacher_images if replay is not None else 0}
 
 
 def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
@@ -521,23 +530,8 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
         tot_real += part_real.detach()
         tot_rep += part_rep.detach()
     total = w_real * tot_real + w_replay * tot_rep + tot_pen
-    bad = not bool(torch.isfinite(total))
-    if env is not None:
-        bad = env.any(bad)
-    if bad:
-        opt.zero_grad(set_to_none=True)
-        if nan_policy == "skip":
-            return None
-        where = f"; the last good checkpoint is in {Path(run_dir) / 'checkpoints'}" if run_dir else ""
-        raise TrainingDiverged(
-            f"task {k} step {step}: the loss is {total.item()} (real {tot_real.item()}, replay "
-            f"{tot_rep.item()}){where}. Lower train.lr, or set train.nan_policy=skip to skip such batches")
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    opt.step()
-    strategy.after_step(base)
-    return {"loss": total.item(), "loss_real": tot_real.item(), "loss_replay": tot_rep.item(),
-            "student_images": n, "teacher_images": replay.teacher_images if replay is not None else 0}
+    return _apply_step(model, base, opt, strategy, total, tot_real, tot_rep, n, replay, k, step, run_dir, env,
+                       nan_policy, grad_clip, backward=False)
 
 
 def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
