@@ -130,9 +130,13 @@ def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, t
     from cldiff.train import RunError
     with pytest.raises(RunError, match="train.lr"):
         train(_cfg(fake_fmnist, "train.lr=0.001", f"train.init_from={gd}"), out=str(tmp_path / "x"), progress=False)
-    # settings that do not change the computation may differ (mid-task checkpoints, attention kernel, threads)
+    # settings that do not change the computation may differ (mid-task checkpoints, attention kernel, threads,
+    # the evaluation's generation batch), but not the evaluation itself (its task-0 metrics are copied)
     train(_cfg(fake_fmnist, "strategy={name: generative_replay}", "train.checkpoint_every=3", "train.threads=1",
-               "train.attention=sdpa", f"train.init_from={gd}"), out=str(tmp_path / "y"), progress=False)
+               "train.attention=sdpa", "eval.batch_size=3", f"train.init_from={gd}"), out=str(tmp_path / "y"),
+          progress=False)
+    with pytest.raises(RunError, match="'eval'"):
+        train(_cfg(fake_fmnist, "eval.steps=3", f"train.init_from={gd}"), out=str(tmp_path / "v"), progress=False)
     # so may the later tasks' budget, when task 0 has its own (first_task_steps), but not task 0's
     gd2 = train(_cfg(fake_fmnist, "train.first_task_steps=4"), out=str(tmp_path / "gd2"), progress=False)
     train(_cfg(fake_fmnist, "train.first_task_steps=4", "train.steps_per_task=3", f"train.init_from={gd2}"),

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import resource
 import time
 
-
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+from .sysmem import peak_rss_mib as _rss_mib
 
 
 def _matmul_peak(dtype_name: str, n: int, seconds: float, threads: int | None) -> dict:

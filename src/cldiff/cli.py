@@ -216,7 +216,7 @@ def _sample(args) -> int:
     dev = torch.device("cpu")
     model, schedule, cfg, meta = load_model(args.checkpoint, dev)
     shape = (model.channels, model.image_size, model.image_size)
-    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, 500, dev,
+    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, 100, dev,
                  autocast_for(dev, cfg.train.precision), shape)
     save_grid(x, Path(args.out))
     if args.npz:

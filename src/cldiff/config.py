@@ -80,7 +80,9 @@ class EvalConfig:
     steps: int = 10  # DDIM steps for evaluation samples (paper: 10)
     eta: float = 0.0  # DDIM eta for evaluation samples
     seed: int = 1234  # fixed sampling seed, so task-to-task numbers compare like with like
-    batch_size: int = 500  # generation batch size
+    # generation batch: only memory and speed (the noise is one fixed stream); measured on the 2-core CPU,
+    # small UNet, 500 samples: batch 100 16.4 s and +270 MiB, batch 500 25 s and +600-770 MiB
+    batch_size: int = 100
 
 
 @dataclass

@@ -29,6 +29,7 @@ from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
 from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
 from .strategies import StepContext, TaskContext, build_strategy
+from .sysmem import peak_rss_mib, release_memory
 
 
 class RunError(RuntimeError):
@@ -92,12 +93,6 @@ def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
         return t.steps_per_task
     # PROTOCOL.md: 12,000 images at batch 128 is 94 iterations per epoch (the last batch is partial).
     return max(1, round(t.epochs_per_task * math.ceil(n_images / t.batch_size)))
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux ru_maxrss is in KiB)."""
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -392,6 +387,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                                       f"Continue with: cldiff train --config {run_dir / 'config.yaml'} --out {run_dir} --resume")
         bar.close()
         train_s = c["train_s"] + time.perf_counter() - t_task
+        release_memory()  # the training steps' freed activations: out of the heap before sampling (sysmem.py)
         model.eval()
         strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast))
 
@@ -401,7 +397,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
         log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
                    "images_trained": c["images"], "student_images": c["student_images"],
                    "teacher_image_forwards": c["teacher_images"], "skipped_nonfinite": c["skipped"],
-                   "train_s": train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": _peak_rss_mib()})
+                   "train_s": train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": peak_rss_mib()})
         if cfg.eval.enabled:
             from .evaluate import evaluate_task, get_evaluator, write_eval_csv
 
@@ -417,10 +413,11 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                 metrics["eval_s"] = time.perf_counter() - t_eval
                 log.write({"event": "eval", "task": k, **metrics})
                 write_eval_csv(run_dir)
+            release_memory()
         _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
               {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env)
     log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run,
-               "peak_rss_mib": _peak_rss_mib()})
+               "peak_rss_mib": peak_rss_mib()})
     return run_dir
 
 
@@ -591,7 +588,8 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
         diff.append("first_task_steps/steps_per_task/epochs_per_task (task 0's budget)")
     if diff:
         raise RunError(f"train.init_from: {src} differs in train.{', train.'.join(diff)}; task 0 would not be identical")
-    if theirs.get("eval") != mine.get("eval"):
+    same_metric = lambda e: {k: v for k, v in (e or {}).items() if k != "batch_size"}  # batch: same noise stream
+    if same_metric(theirs.get("eval")) != same_metric(mine.get("eval")):
         raise RunError(f"train.init_from: {src} differs in 'eval'; its task-0 metrics would not be comparable")
     return state, meta
 
