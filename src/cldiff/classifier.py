@@ -96,7 +96,8 @@ class ContinualClassifier:
         self.gen = torch.Generator().manual_seed(seed + 11)
 
     def train_task(self, k: int, data, generator_model, schedule, autocast, log=None) -> dict:
-        """Train on task k (replay from ``generator_model``, the frozen diffusion model of task k-1)."""
+        """Train on task k (replay from ``generator_model``, the frozen diffusion model of task k-1).
+        The classifier's forward passes run under ``autocast`` too (the run's precision)."""
         c = self.cfg
         classes = list(data.tasks[k]) if c.mode != "joint" else [x for t in data.tasks[: k + 1] for x in t]
         x, y = data.train(classes)
@@ -120,7 +121,8 @@ class ContinualClassifier:
             idx = perm[pos:pos + c.batch_size]
             pos += c.batch_size
             xb, yb = x[idx].to(self.device), y[idx].to(self.device)
-            loss = F.cross_entropy(self.net(xb), yb)
+            with autocast():
+                loss = F.cross_entropy(self.net(xb), yb)
             if replay:
                 n = len(xb)  # as many replay images as the real batch
                 if pool is not None:
@@ -130,8 +132,10 @@ class ContinualClassifier:
                     from .model import ddim_sample
                     xr = ddim_sample(generator_model, schedule, z, c.replay_steps, 0.0, None, autocast)
                 with torch.no_grad():
-                    soft = self.prev(xr)
-                kd = kd_loss(self.net(xr), soft, c.temperature, c.kd_direction)
+                    with autocast():
+                        soft = self.prev(xr).float()
+                with autocast():
+                    kd = kd_loss(self.net(xr).float(), soft, c.temperature, c.kd_direction)
                 loss = w * loss + (1 - w) * c.temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()

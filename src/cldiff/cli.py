@@ -15,6 +15,7 @@ EXAMPLES = """examples:
   cldiff train --config configs/split_fmnist/smoke.yaml --set strategy.name=generative_replay --out runs/smoke_gr
   cldiff sample runs/RUN --n 64 --steps 10 --out grid.png
   cldiff evaluate runs/RUN
+  cldiff classify runs/RUN --set classifier.epochs=5 --set classifier.replay_pool=2000
   cldiff fid fmnist:test:classes=0,1 fmnist:train:classes=0,1
   cldiff report runs/* --out reports/mine
   cldiff sweep configs/sweeps/split_fmnist_cpu.yaml
@@ -55,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="a run folder")
     e.add_argument("--task", type=int, help="only this task's checkpoint (default: every kept checkpoint)")
     e.add_argument("--n", type=int, help="override eval.n_samples")
+
+    c = sub.add_parser("classify", help="train the continual classifier on a finished run (its checkpoints "
+                       "as replay generators)", description="Train the classifier of PROTOCOL.md section 5 after the "
+                       "fact: task k replays from the run's end-of-task checkpoint k-1. Writes RUN/classifier.jsonl "
+                       "(read by `cldiff report`); rerun the same command after an interruption to continue.")
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")
+    c.add_argument("--set", action="append", default=[], metavar="classifier.KEY=VALUE",
+                   help="classifier settings, e.g. --set classifier.mode=joint --set classifier.epochs=5 "
+                   "(default: the run's config)")
+    c.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
+    c.add_argument("--restart", action="store_true", help="discard an earlier classifier of the run and start again")
 
     f = sub.add_parser("fid", help="FID between two image sets (offline, our evaluator's features)",
                        description="FID on the evaluator's features between two image sets. Each set is a folder of "
@@ -156,6 +168,13 @@ def _dispatch(args, parser) -> int:
         return _sample(args)
     if args.cmd == "evaluate":
         return _evaluate(args)
+    if args.cmd == "classify":
+        from .classify import classify_run
+        for run in args.runs:
+            out = classify_run(run, args.set, args.threads, args.restart,
+                               log=lambda m, r=run: print(f"{r}: {m}", flush=True))
+            print(f"classifier results: {out}")
+        return 0
     if args.cmd == "fid":
         from .evaluate import feature_stats, frechet_distance, get_evaluator, inception_fid, load_image_set
         if args.inception_weights and not Path(args.inception_weights).is_file():

@@ -61,7 +61,8 @@ def load_run(run_dir: Path) -> dict:
             "wall_s": max(walls) if walls else 0.0,
             "images_trained": sum(e.get("images_trained", 0) for e in ends.values()),
             "teacher_image_forwards": sum(e.get("teacher_image_forwards", 0) for e in ends.values()),
-            "classifier": [r for r in recs if r.get("event") == "classifier_eval"],
+            "classifier": [r for r in recs if r.get("event") == "classifier_eval"]
+            or [r for r in _read_jsonl(run_dir / "classifier.jsonl") if r.get("event") == "classifier_eval"],
             "shared_from": next((r["from"] for r in recs if r.get("event") == "shared"), None)}
 
 
@@ -122,7 +123,9 @@ def _classifier_summary(rs: list[dict]) -> dict | None:
     for r in rs:
         for c in r["classifier"]:
             per_task.setdefault(c["task"], []).append(c.get("avg_acc"))
-    return {"avg_acc": mean_sem([f.get("avg_acc") for f in finals]),
+    return {"mode": "/".join(sorted({str(f.get("mode", "generative")) for f in finals})),
+            "after_task": min(f["task"] for f in finals) + 1,
+            "avg_acc": mean_sem([f.get("avg_acc") for f in finals]),
             "forgetting": mean_sem([f.get("forgetting") for f in finals]),
             "acc_matrix_first_seed": [c["acc"] for c in rs[0]["classifier"]],
             "per_task": {k: mean_sem(v) for k, v in sorted(per_task.items())}}
@@ -242,12 +245,18 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
             f"{g['teacher_image_forwards'][0] or 0:,.0f} |")
     if any(g["classifier"] for g in groups):
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
-                  "| strategy | average accuracy | forgetting | accuracy matrix (first seed; row = after task k) |",
-                  "|---|---|---|---|"]
+                  "Classifier mode: generative = replay from this run's diffusion model (PROTOCOL.md section 5); "
+                  "joint = trained on the real images of every class seen so far; naive = fine-tuned on each task's "
+                  "images only. The last two do not use the diffusion model (their row is the classifier's baseline).",
+                  "",
+                  "| strategy | classifier mode | after task | average accuracy | forgetting | "
+                  "accuracy matrix (first seed; row = after task k) |",
+                  "|---|---|---|---|---|---|"]
         for g in groups:
             if g["classifier"]:
                 mat = "<br>".join(" ".join(f"{a:.2f}" for a in row) for row in g["classifier"]["acc_matrix_first_seed"])
-                lines.append(f"| {g['label']} | {_fmt(*g['classifier']['avg_acc'], 3)} | "
+                lines.append(f"| {g['label']} | {g['classifier']['mode']} | {g['classifier']['after_task']} | "
+                             f"{_fmt(*g['classifier']['avg_acc'], 3)} | "
                              f"{_fmt(*g['classifier']['forgetting'], 3)} | {mat} |")
     lines += ["", "## Per task", "", f"| strategy | task | {fid_key} | KLD | ARD |", "|---|---|---|---|---|"]
     for g in groups:
