@@ -82,6 +82,11 @@ def test_classify_resumes_with_the_next_task_and_matches_an_uninterrupted_run(ru
     assert again == full
     w = torch.load(run3 / "classifier_state.pt", weights_only=True)["classifier"]["net"]
     assert all(torch.equal(w[n], w_full[n]) for n in w)
+    # the report reads classifier.jsonl when metrics.jsonl has no in-run classifier
+    from cldiff.report import make_report
+    md = (make_report([run3], run3.parent / "rep") / "report.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| generative_distillation") and "| generative |" in ln)
+    assert f"| 3 | {sum(full[-1]) / 3:.3f} |" in row
     # nothing left: says so, changes nothing
     classify_run(run3, CLF, log=msgs.append)
     assert "already" in msgs[-1] and [r["acc"] for r in _evals(run3) if r["event"] == "classifier_eval"] == full
