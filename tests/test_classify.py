@@ -108,6 +108,34 @@ def test_classify_joint_mode_uses_no_generator_and_sees_all_classes(run3, monkey
     assert ev[2]["iters"] == pytest.approx(3 * n0, abs=1)  # 3 tasks of data in task 2
 
 
+def test_classify_real_replay_distills_on_real_images_of_earlier_tasks(run3, monkeypatch):
+    import cldiff.classifier as C
+    import cldiff.model as M
+    from cldiff.data import ContinualData
+    calls, seen = [], []
+    monkeypatch.setattr(C, "generate", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(M, "ddim_sample", lambda *a, **k: calls.append(a))
+    orig = C.ContinualClassifier.train_task
+
+    def spy(self, k, *a):
+        if self.prev is not None:  # record what the frozen teacher classifier is shown
+            inner = self.prev
+            self.prev = lambda x: (seen.append((k, x.clone())), inner(x))[1]
+        return orig(self, k, *a)
+    monkeypatch.setattr(C.ContinualClassifier, "train_task", spy)
+    classify_run(run3, CLF + ["classifier.mode=real_replay", "classifier.replay_pool=24"], restart=True,
+                 log=lambda m: None)
+    assert not calls and {k for k, _ in seen} == {1, 2}
+    cfg = load_config(run3 / "config.yaml")
+    data = ContinualData.from_config(cfg)
+    for k, xr in seen:
+        earlier, _ = data.train([c for t in data.tasks[:k] for c in t])
+        later, _ = data.train([c for t in data.tasks[k:] for c in t])
+        flat = earlier.flatten(1)
+        assert all((flat == row).all(1).any() for row in xr.flatten(1))  # every replayed image: an earlier task's
+        assert not any((later.flatten(1) == row).all(1).any() for row in xr.flatten(1))
+
+
 def test_classify_refuses_run_settings_and_pruned_checkpoints(run3, tmp_path):
     with pytest.raises(ConfigError, match="only classifier"):
         classify_run(run3, ["train.lr=0.1"])

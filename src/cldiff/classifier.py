@@ -102,10 +102,14 @@ class ContinualClassifier:
         classes = list(data.tasks[k]) if c.mode != "joint" else [x for t in data.tasks[: k + 1] for x in t]
         x, y = data.train(classes)
         opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
-        replay = c.mode == "generative" and k >= 1 and generator_model is not None
+        replay = (c.mode == "generative" and generator_model is not None or c.mode == "real_replay") and k >= 1
         pool = None
         t0 = time.perf_counter()
-        if replay and c.replay_pool:
+        if c.mode == "real_replay" and replay:
+            # the same protocol with a perfect generator: a pool of real training images of the earlier tasks
+            xp, _ = data.train([x for t in data.tasks[:k] for x in t])
+            pool = xp[torch.randperm(len(xp), generator=self.gen)[: c.replay_pool or 2000]]
+        elif replay and c.replay_pool:
             # amortised replay: one pool per task instead of fresh images every iteration
             pool = generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
                             int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)), 100, self.device, autocast,

@@ -88,7 +88,9 @@ class EvalConfig:
 @dataclass
 class ClassifierConfig:
     enabled: bool = False  # also train a classifier continually, with the diffusion model as its replay generator
-    mode: str = "generative"  # generative (replay + distillation, PROTOCOL.md s. 5) | naive | joint
+    # generative (replay + distillation, PROTOCOL.md s. 5) | naive | joint | real_replay (the same replay and
+    # distillation from real images of the earlier tasks, replay_pool of them, default 2000: a perfect generator)
+    mode: str = "generative"
     epochs: float = 20  # epochs over the task's images (paper: 20)
     batch_size: int = 128  # real images per iteration; as many replay images are added
     lr: float = 1e-3  # Adam learning rate (paper: 1e-3)
@@ -264,7 +266,8 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(e.eta >= 0, f"eval.eta: must be >= 0, got {e.eta}")
     need(e.batch_size >= 1, f"eval.batch_size: must be >= 1, got {e.batch_size}")
     c = cfg.classifier
-    need(c.mode in ("generative", "naive", "joint"), f"classifier.mode: must be generative, naive or joint, got {c.mode!r}")
+    need(c.mode in ("generative", "naive", "joint", "real_replay"),
+         f"classifier.mode: must be generative, naive, joint or real_replay, got {c.mode!r}")
     need(c.epochs > 0, f"classifier.epochs: must be > 0, got {c.epochs}")
     need(c.batch_size >= 1, f"classifier.batch_size: must be >= 1, got {c.batch_size}")
     need(c.lr > 0, f"classifier.lr: must be > 0, got {c.lr}")

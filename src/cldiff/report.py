@@ -247,7 +247,8 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
                   "Classifier mode: generative = replay from this run's diffusion model (PROTOCOL.md section 5); "
                   "joint = trained on the real images of every class seen so far; naive = fine-tuned on each task's "
-                  "images only. The last two do not use the diffusion model (their row is the classifier's baseline).",
+                  "images only; real_replay = the generative protocol with real images of the earlier tasks as the "
+                  "replay (a perfect generator). The last three do not use the diffusion model (their row is the classifier's baseline).",
                   "",
                   "| strategy | classifier mode | after task | average accuracy | forgetting | "
                   "accuracy matrix (first seed; row = after task k) |",
