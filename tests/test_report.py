@@ -53,3 +53,17 @@ def test_report_mean_and_sem(tmp_path):
 def test_mean_sem():
     assert mean_sem([1, 2, 3]) == (2.0, pytest.approx(1 / math.sqrt(3)))
     assert mean_sem([]) == (None, None)
+
+
+def test_groups_of_one_strategy_with_other_budgets_get_labels_that_tell_them_apart(tmp_path):
+    a = _fake_run(tmp_path / "j280", 42, "joint", [10, 20], [0.1, 0.2])
+    b = _fake_run(tmp_path / "j600", 42, "joint", [10, 15], [0.1, 0.1])
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    cfg["train"]["steps_per_task"] = 600
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    gd = _fake_run(tmp_path / "gd", 42, "generative_distillation", [10, 20], [0.1, 0.2])
+    res = json.loads((make_report([a, b, gd], tmp_path / "rep") / "results.json").read_text())
+    labels = sorted(g["label"] for g in res if g["strategy"] == "joint")
+    assert labels == sorted(["joint [train.steps_per_task=600]",
+                             f"joint [train.steps_per_task={Config().train.steps_per_task}]"])
+    assert "[" not in next(g for g in res if g["strategy"] == "generative_distillation")["label"]

@@ -111,8 +111,26 @@ def summarise(runs: list[dict]) -> list[dict]:
              "classifier": _classifier_summary(rs),
              "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 and last == 4 else None}
         out.append(g)
+    _disambiguate(out, groups)
     order = ["naive", "joint", "generative_replay", "generative_distillation"]
     return sorted(out, key=lambda g: (order.index(g["strategy"]) if g["strategy"] in order else 99, g["label"]))
+
+
+def _disambiguate(out: list[dict], groups: dict[str, list[dict]]) -> None:
+    """Groups of the same strategy label that differ elsewhere (budget, model, data, evaluation) get the
+    differing settings appended to their label, e.g. "joint [train.steps_per_task=600]"."""
+    by_label: dict[str, list[tuple[dict, dict]]] = {}
+    for g, key in zip(out, groups):
+        by_label.setdefault(g["label"], []).append((g, json.loads(key)))
+    for same in by_label.values():
+        if len(same) < 2:
+            continue
+        flat = [{f"{a}.{b}" if isinstance(v, dict) else a: (v[b] if isinstance(v, dict) else v)
+                 for a, v in k.items() if a != "strategy" for b in (v if isinstance(v, dict) else [None])}
+                for _, k in same]
+        differing = sorted({f for d in flat for f in d if len({json.dumps(x.get(f)) for x in flat}) > 1})
+        for (g, _), d in zip(same, flat):
+            g["label"] += " [" + ", ".join(f"{f}={d.get(f)}" for f in differing) + "]"
 
 
 def _classifier_summary(rs: list[dict]) -> dict | None:
