@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import GENERATION_BATCH
 from .evaluate import generate
 
 
@@ -112,7 +113,7 @@ class ContinualClassifier:
         elif replay and c.replay_pool:
             # amortised replay: one pool per task instead of fresh images every iteration
             pool = generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
-                            int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)), 100, self.device, autocast,
+                            int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)), GENERATION_BATCH, self.device, autocast,
                             tuple(x.shape[1:]))
         gen_s = time.perf_counter() - t0
         iters = int(round(c.epochs * ((len(x) + c.batch_size - 1) // c.batch_size)))

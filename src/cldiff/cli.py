@@ -226,6 +226,7 @@ def _sample(args) -> int:
     import torch
 
     from .data import save_grid, to_uint8
+    from .config import GENERATION_BATCH
     from .evaluate import generate
     from .model import autocast_for
     from .train import load_model
@@ -235,7 +236,7 @@ def _sample(args) -> int:
     dev = torch.device("cpu")
     model, schedule, cfg, meta = load_model(args.checkpoint, dev)
     shape = (model.channels, model.image_size, model.image_size)
-    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, 100, dev,
+    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, GENERATION_BATCH, dev,
                  autocast_for(dev, cfg.train.precision), shape)
     save_grid(x, Path(args.out))
     if args.npz:

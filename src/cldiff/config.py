@@ -73,6 +73,10 @@ class TrainConfig:
     init_from: str | None = None  # a run folder (same data, model, seed, training) whose task-0 result this run reuses
 
 
+# DDIM generation batch for evaluation, classifier replay pools and `cldiff sample` (memory and speed only)
+GENERATION_BATCH = 100
+
+
 @dataclass
 class EvalConfig:
     enabled: bool = True  # evaluate FID / KLD / ARD after every task
@@ -82,7 +86,7 @@ class EvalConfig:
     seed: int = 1234  # fixed sampling seed, so task-to-task numbers compare like with like
     # generation batch: only memory and speed (the noise is one fixed stream); measured on the 2-core CPU,
     # small UNet, 500 samples: batch 100 16.4 s and +270 MiB, batch 500 25 s and +600-770 MiB
-    batch_size: int = 100
+    batch_size: int = GENERATION_BATCH
 
 
 @dataclass
