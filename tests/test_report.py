@@ -8,10 +8,10 @@ from cldiff.config import Config
 from cldiff.report import make_report, mean_sem
 
 
-def _fake_run(folder, seed, strategy, fids, klds):
+def _fake_run(folder, seed, strategy, fids, klds, num_tasks=None):
     folder.mkdir(parents=True)
     cfg = Config(seed=seed, strategy={"name": strategy}).to_dict()
-    cfg["data"]["num_tasks"] = len(fids)
+    cfg["data"]["num_tasks"] = num_tasks or len(fids)
     (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = [{"event": "start", "task": -1}]
     for k, (f, q) in enumerate(zip(fids, klds)):
@@ -67,3 +67,20 @@ def test_groups_of_one_strategy_with_other_budgets_get_labels_that_tell_them_apa
     assert labels == sorted(["joint [train.steps_per_task=600]",
                              f"joint [train.steps_per_task={Config().train.steps_per_task}]"])
     assert "[" not in next(g for g in res if g["strategy"] == "generative_distillation")["label"]
+
+
+def test_a_seed_still_running_does_not_hold_its_group_back(tmp_path):
+    """The row is the mean over the seeds that reached the group's last task; the seed behind is named."""
+    a = _fake_run(tmp_path / "gd42", 42, "generative_distillation", [10, 20, 30], [0.1, 0.2, 0.3])
+    b = _fake_run(tmp_path / "gd69", 69, "generative_distillation", [12], [0.5], num_tasks=3)
+    c = _fake_run(tmp_path / "gd1714", 1714, "generative_distillation", [10, 20, 50], [0.1, 0.2, 0.5])
+    out = make_report([a, b, c], tmp_path / "rep")
+    (g,) = json.loads((out / "results.json").read_text())
+    assert g["final_task"] == 2 and g["complete_seeds"] == [42, 1714]
+    assert g["final"]["fid_fmnist"][0] == pytest.approx(40.0) and g["final"]["kld"][0] == pytest.approx(0.4)
+    assert g["behind"] == {"69": 1}
+    assert g["per_task"]["0"]["fid_fmnist"][0] == pytest.approx(32 / 3)  # every seed where it has one
+    assert g["wall_s"][0] == pytest.approx(30.0)  # the cost of the runs in the row, not of the one behind
+    md = (out / "report.md").read_text()
+    assert "| 3 | 42,1714 (of 42,69,1714) | 40.00 ± 10.00 |" in md
+    assert "seed 69 after task 1" in md

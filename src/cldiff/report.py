@@ -89,8 +89,10 @@ def summarise(runs: list[dict]) -> list[dict]:
     for key, rs in groups.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         fid_key = next((k for r in rs for e in r["evals"].values() for k in e if k.startswith("fid_")), "fid")
-        # the last task every run of the group has finished (runs still going are reported where they are)
-        last = min(max(r["evals"], default=-1) for r in rs)
+        # the last task any run of the group has finished: the mean over the seeds that reached it (seeds still
+        # going are named, with the task they are at, instead of holding the whole group back)
+        reached = [max(r["evals"], default=-1) for r in rs]
+        last = max(reached)
         finals = [r["evals"].get(last) for r in rs]
         done = [f for f in finals if f is not None]
         per_task = {}
@@ -100,20 +102,40 @@ def summarise(runs: list[dict]) -> list[dict]:
                 per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
         g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
              "complete_seeds": [r["seed"] for r, f in zip(rs, finals) if f is not None], "fid_key": fid_key,
+             "behind": {str(r["seed"]): k + 1 for r, k in zip(rs, reached) if k < last},  # seed -> tasks done
              "final_task": last, "num_tasks": rs[0]["num_tasks"], "runs": [str(r["dir"]) for r in rs],
              "final": {m: mean_sem([f.get(m) for f in done]) for m in (fid_key, "kld", "ard")},
              "per_task": per_task,
              "hist_pred": np.mean([f["hist_pred"] for f in done], 0).tolist() if done else None,
              "hist_true": done[0]["hist_true"] if done else None,
-             "wall_s": mean_sem([r["wall_s"] for r in rs]),
-             "images_trained": mean_sem([r["images_trained"] for r in rs]),
-             "teacher_image_forwards": mean_sem([r["teacher_image_forwards"] for r in rs]),
+             # cost columns: the runs of the row (those that reached the last task)
+             "wall_s": mean_sem([r["wall_s"] for r, f in zip(rs, finals) if f is not None]),
+             "images_trained": mean_sem([r["images_trained"] for r, f in zip(rs, finals) if f is not None]),
+             "teacher_image_forwards": mean_sem([r["teacher_image_forwards"] for r, f in zip(rs, finals)
+                                                 if f is not None]),
              "classifier": _classifier_summary(rs),
              "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 and last == 4 else None}
         out.append(g)
     _disambiguate(out, groups)
     order = ["naive", "joint", "generative_replay", "generative_distillation"]
     return sorted(out, key=lambda g: (order.index(g["strategy"]) if g["strategy"] in order else 99, g["label"]))
+
+
+def _incomplete_lines(groups: list[dict]) -> list[str]:
+    """The report's note on groups that have not finished every task with every seed."""
+    notes = []
+    for g in groups:
+        parts = []
+        if g["final_task"] < g["num_tasks"] - 1:
+            parts.append(f"after task {g['final_task'] + 1} of {g['num_tasks']}")
+        parts += [f"seed {s} after task {n}" if n else f"seed {s} has no evaluation yet"
+                  for s, n in g.get("behind", {}).items()]
+        if parts:
+            notes.append(f"{g['label']} ({'; '.join(parts)})")
+    if not notes:
+        return []
+    return [f"**Incomplete**: {', '.join(notes)}; the paper's numbers (after 5 tasks) are shown only for groups "
+            "that reached the 5th task.", ""]
 
 
 def _disambiguate(out: list[dict], groups: dict[str, list[dict]]) -> None:
@@ -245,10 +267,10 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
              "our numbers with each other, and the paper's only by ordering and ratio. As in the paper, the "
              "real set grows with the number of tasks (2,000 test images per task) while the generated set has a "
              "fixed size, so the FID's small-sample bias changes from task to task.", "",
-             "## Results after the last task finished by every run of a group", "",
-             *([f"**Incomplete**: {', '.join(g['label'] + ' (after task ' + str(g['final_task'] + 1) + ' of ' + str(g['num_tasks']) + ')' for g in groups if g['final_task'] < g['num_tasks'] - 1)}; "
-                "the paper's numbers (after 5 tasks) are shown only for complete 5-task groups.", ""]
-               if any(g["final_task"] < g["num_tasks"] - 1 for g in groups) else []),
+             "## Results after the last task each group has reached", "",
+             "Each row is the mean over the seeds that reached that task (the seeds column names them; seeds "
+             "still behind are listed after \"of\").", "",
+             *_incomplete_lines(groups),
              f"| strategy | after task | seeds | {fid_key} | KLD | ARD | paper FID (Inception) | paper KLD | wall time (min) | images trained | teacher image-forwards |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
