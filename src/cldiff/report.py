@@ -95,13 +95,14 @@ def summarise(runs: list[dict]) -> list[dict]:
         last = max(reached)
         finals = [r["evals"].get(last) for r in rs]
         done = [f for f in finals if f is not None]
+        row_runs = [r for r, f in zip(rs, finals) if f is not None]  # the runs of the row
         per_task = {}
         for k in range(rs[0]["num_tasks"]):
             rows = [r["evals"][k] for r in rs if k in r["evals"]]
             if rows:
                 per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
         g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
-             "complete_seeds": [r["seed"] for r, f in zip(rs, finals) if f is not None], "fid_key": fid_key,
+             "complete_seeds": [r["seed"] for r in row_runs], "fid_key": fid_key,
              "behind": {str(r["seed"]): k + 1 for r, k in zip(rs, reached) if k < last},  # seed -> tasks done
              "final_task": last, "num_tasks": rs[0]["num_tasks"], "runs": [str(r["dir"]) for r in rs],
              "final": {m: mean_sem([f.get(m) for f in done]) for m in (fid_key, "kld", "ard")},
@@ -109,10 +110,7 @@ def summarise(runs: list[dict]) -> list[dict]:
              "hist_pred": np.mean([f["hist_pred"] for f in done], 0).tolist() if done else None,
              "hist_true": done[0]["hist_true"] if done else None,
              # cost columns: the runs of the row (those that reached the last task)
-             "wall_s": mean_sem([r["wall_s"] for r, f in zip(rs, finals) if f is not None]),
-             "images_trained": mean_sem([r["images_trained"] for r, f in zip(rs, finals) if f is not None]),
-             "teacher_image_forwards": mean_sem([r["teacher_image_forwards"] for r, f in zip(rs, finals)
-                                                 if f is not None]),
+             **{c: mean_sem([r[c] for r in row_runs]) for c in ("wall_s", "images_trained", "teacher_image_forwards")},
              "classifier": _classifier_summary(rs),
              "paper": PAPER_RESULTS.get(rs[0]["strategy"]) if rs[0]["num_tasks"] == 5 and last == 4 else None}
         out.append(g)
