@@ -15,7 +15,10 @@ carry the teacher's knowledge to real images: the generator, not the protocol, l
    cross-entropy on real task-1 images, half distillation on the pool): accuracy on both tasks and how many
    real task-0 test images it calls a task-1 class. If distillation alone transfers (3.) but this fails with
    the generated pool only, the classifier separates the generated images from the real ones and learns
-   "real-looking means a new class": a shortcut that real replay cannot offer.
+   "real-looking means a new class": a shortcut that real replay cannot offer. To test that directly, the
+   classifiers after task 1 also label a held-out pool of generated task-0 images (same model and settings,
+   another seed, never trained on): under the shortcut they keep those in task 0 while calling real task-0
+   images a task-1 class.
 Also printed: how the evaluator and the teacher label the generated images.
 
     .venv/bin/python scripts/classifier_transfer_probe.py runs/split_fmnist_cpu/generative_distillation_seed42
@@ -58,6 +61,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, default=5, help="as `cldiff classify --set classifier.epochs=5` (README)")
     ap.add_argument("--pool", type=int, default=2000, help="replay pool size (classifier.replay_pool)")
+    ap.add_argument("--heldout", type=int, default=1000, help="held-out generated task-0 images for the shortcut test")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     run = Path(a.run)
@@ -87,6 +91,8 @@ def main():
     gen_pool = generate(model, schedule, pool_n, c.replay_steps, 0.0, a.seed + 1, GENERATION_BATCH, dev, autocast,
                         tuple(x.shape[1:]))
     real_pool = x[torch.randperm(len(x), generator=g)[:pool_n]]
+    heldout = generate(model, schedule, a.heldout, c.replay_steps, 0.0, a.seed + 4, GENERATION_BATCH, dev, autocast,
+                       tuple(x.shape[1:]))
 
     ev = get_evaluator(cfg.data.dataset, dev, cfg.data.root)
     _, ev_pred = ev.run(gen_pool)
@@ -124,14 +130,19 @@ def main():
         net = train(net, iters, batch, c.lr, autocast)
         with torch.no_grad():
             pred0 = net(x0t).argmax(1)
+            pred_h = net(heldout).argmax(1).numpy()
+            teacher_h = teacher(heldout).argmax(1).numpy()
         acc = task_accuracies(net, data, 1, dev)
+        new = list(data.tasks[1])
         return {"acc_task0": acc[0], "acc_task1": acc[1],
-                "task0_test_predicted_as_task1_classes": float(np.isin(pred0.numpy(), list(data.tasks[1])).mean())}
+                "task0_test_predicted_as_task1_classes": float(np.isin(pred0.numpy(), new).mean()),
+                "heldout_generated_task0_predicted_as_task1_classes": float(np.isin(pred_h, new).mean()),
+                "heldout_generated_agreement_with_teacher": float(np.mean(pred_h == teacher_h))}
 
     s_gen, s_real = student(gen_pool), student(real_pool)
     p_gen, p_real = protocol_task1(gen_pool), protocol_task1(real_pool)
     res = {
-        "run": str(run), "task0_classes": classes, "pool": pool_n, "replay_steps": c.replay_steps, "iters": iters,
+        "run": str(run), "task0_classes": classes, "pool": pool_n, "heldout_generated": a.heldout, "replay_steps": c.replay_steps, "iters": iters,
         "teacher_acc_real_test": task_accuracies(teacher, data, 0, dev)[0],
         "student_from_generated_acc_real_test": task_accuracies(s_gen, data, 0, dev)[0],
         "student_from_real_pool_acc_real_test": task_accuracies(s_real, data, 0, dev)[0],
