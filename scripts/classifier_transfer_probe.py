@@ -100,6 +100,7 @@ def main():
         t_pred = teacher(gen_pool).argmax(1).numpy()
         t_conf = F.softmax(teacher(gen_pool), 1).max(1).values.mean().item()
         t_conf_real = F.softmax(teacher(real_pool), 1).max(1).values.mean().item()
+        teacher_h = teacher(heldout).argmax(1).numpy()  # the task-0 teacher's labels of the held-out pool
 
     def student(pool):
         torch.manual_seed(a.seed + 2)
@@ -131,7 +132,6 @@ def main():
         with torch.no_grad():
             pred0 = net(x0t).argmax(1)
             pred_h = net(heldout).argmax(1).numpy()
-            teacher_h = teacher(heldout).argmax(1).numpy()
         acc = task_accuracies(net, data, 1, dev)
         new = list(data.tasks[1])
         return {"acc_task0": acc[0], "acc_task1": acc[1],
@@ -142,7 +142,8 @@ def main():
     s_gen, s_real = student(gen_pool), student(real_pool)
     p_gen, p_real = protocol_task1(gen_pool), protocol_task1(real_pool)
     res = {
-        "run": str(run), "task0_classes": classes, "pool": pool_n, "heldout_generated": a.heldout, "replay_steps": c.replay_steps, "iters": iters,
+        "run": str(run), "task0_classes": classes, "pool": pool_n, "heldout_generated": a.heldout,
+        "replay_steps": c.replay_steps, "iters": iters,
         "teacher_acc_real_test": task_accuracies(teacher, data, 0, dev)[0],
         "student_from_generated_acc_real_test": task_accuracies(s_gen, data, 0, dev)[0],
         "student_from_real_pool_acc_real_test": task_accuracies(s_real, data, 0, dev)[0],
