@@ -50,6 +50,25 @@ def test_report_mean_and_sem(tmp_path):
     assert len(csv) == 3 and csv[0].startswith("strategy,seeds,fid_fmnist_mean")
 
 
+
+def test_classifier_of_a_seed_still_behind_is_not_averaged_with_another_seeds_later_task(tmp_path):
+    a = _fake_run(tmp_path / "gd1", 42, "generative_distillation", [10, 20, 30], [0.1, 0.2, 0.3])
+    b = _fake_run(tmp_path / "gd2", 69, "generative_distillation", [10, 20, 30], [0.1, 0.2, 0.3])
+    c = _fake_run(tmp_path / "gd3", 1714, "generative_distillation", [10, 20, 30], [0.1, 0.2, 0.3])
+    # seed 69's classifier has finished only its first task; seed 1714 has none yet
+    for run, keep in ((b, 1), (c, 0)):
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        recs = [r for r in recs if r["event"] != "classifier_eval" or r["task"] < keep]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+    out = make_report([a, b, c], tmp_path / "rep")
+    gd = json.loads((out / "results.json").read_text())[0]["classifier"]
+    assert gd["after_task"] == 3 and gd["seeds"] == [42]
+    assert gd["avg_acc"][0] == pytest.approx(0.7)  # seed 42 after task 3 alone, not mixed with 69's 0.9
+    assert gd["behind"] == {"69": 1, "1714": 0}
+    assert gd["per_task"]["0"][0] == pytest.approx(0.9) and gd["per_task"]["2"][0] == pytest.approx(0.7)
+    md = (out / "report.md").read_text()
+    assert "| 3 | 42; seed 69 after 1; seed 1714 after 0 | 0.700 |" in md
+
 def test_mean_sem():
     assert mean_sem([1, 2, 3]) == (2.0, pytest.approx(1 / math.sqrt(3)))
     assert mean_sem([]) == (None, None)

@@ -154,18 +154,26 @@ def _disambiguate(out: list[dict], groups: dict[str, list[dict]]) -> None:
 
 
 def _classifier_summary(rs: list[dict]) -> dict | None:
-    finals = [r["classifier"][-1] for r in rs if r["classifier"]]
-    if not finals:
+    """The classifier's numbers of a group: like the main table, at the last task any seed's classifier has
+    finished, as the mean over the seeds that reached it (seeds still behind are named with the tasks done)."""
+    with_cls = [r for r in rs if r["classifier"]]
+    if not with_cls:
         return None
+    last = max(r["classifier"][-1]["task"] for r in with_cls)
+    finals = {r["seed"]: next(c for c in r["classifier"] if c["task"] == last)
+              for r in with_cls if any(c["task"] == last for c in r["classifier"])}
     per_task = {}
-    for r in rs:
+    for r in with_cls:
         for c in r["classifier"]:
             per_task.setdefault(c["task"], []).append(c.get("avg_acc"))
-    return {"mode": "/".join(sorted({str(f.get("mode", "generative")) for f in finals})),
-            "after_task": min(f["task"] for f in finals) + 1,
-            "avg_acc": mean_sem([f.get("avg_acc") for f in finals]),
-            "forgetting": mean_sem([f.get("forgetting") for f in finals]),
-            "acc_matrix_first_seed": [c["acc"] for c in rs[0]["classifier"]],
+    return {"mode": "/".join(sorted({str(f.get("mode", "generative")) for f in finals.values()})),
+            "after_task": last + 1,
+            "seeds": sorted(finals),
+            "behind": {str(r["seed"]): (r["classifier"][-1]["task"] + 1 if r["classifier"] else 0)
+                       for r in rs if r["seed"] not in finals},
+            "avg_acc": mean_sem([f.get("avg_acc") for f in finals.values()]),
+            "forgetting": mean_sem([f.get("forgetting") for f in finals.values()]),
+            "acc_matrix_first_seed": [c["acc"] for c in with_cls[0]["classifier"]],
             "per_task": {k: mean_sem(v) for k, v in sorted(per_task.items())}}
 
 
@@ -288,14 +296,18 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
                   "images only; real_replay = the generative protocol with real images of the earlier tasks as the "
                   "replay (a perfect generator). The last three do not use the diffusion model (their row is the classifier's baseline).",
                   "",
-                  "| strategy | classifier mode | after task | average accuracy | forgetting | "
-                  "accuracy matrix (first seed; row = after task k) |",
-                  "|---|---|---|---|---|---|"]
+                  "Each row is the mean over the seeds whose classifier reached that task; seeds behind are named "
+                  "with the number of tasks their classifier has finished (0: not started).", "",
+                  "| strategy | classifier mode | after task | seeds | average accuracy | forgetting | "
+                  "accuracy matrix (first seed with a classifier; row = after task k) |",
+                  "|---|---|---|---|---|---|---|"]
         for g in groups:
             if g["classifier"]:
                 mat = "<br>".join(" ".join(f"{a:.2f}" for a in row) for row in g["classifier"]["acc_matrix_first_seed"])
-                lines.append(f"| {g['label']} | {g['classifier']['mode']} | {g['classifier']['after_task']} | "
-                             f"{_fmt(*g['classifier']['avg_acc'], 3)} | "
+                c = g["classifier"]
+                behind = "".join(f"; seed {s_} after {n}" for s_, n in c["behind"].items())
+                lines.append(f"| {g['label']} | {c['mode']} | {c['after_task']} | "
+                             f"{','.join(map(str, c['seeds']))}{behind} | {_fmt(*c['avg_acc'], 3)} | "
                              f"{_fmt(*g['classifier']['forgetting'], 3)} | {mat} |")
     lines += ["", "## Per task", "", f"| strategy | task | {fid_key} | KLD | ARD |", "|---|---|---|---|---|"]
     for g in groups:
