@@ -95,6 +95,34 @@ def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path)
     assert strip(la) == strip(lb)  # same lines, no duplicates
 
 
+
+def test_cli_tasks_stops_after_n_tasks_and_resume_continues_as_the_uninterrupted_run(fake_fmnist, tmp_path):
+    cfg = _cfg(fake_fmnist, "train.keep_checkpoints=5")
+    full = train(cfg, out=str(tmp_path / "full"), progress=False)
+    part = tmp_path / "part"
+    sets = sum((["--set", x] for x in smoke_overrides(fake_fmnist) + ["train.keep_checkpoints=5"]), [])
+    cmd = [sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--out", str(part), "--no-progress", *sets]
+    r = subprocess.run(cmd + ["--tasks", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "stopped after task 1 of 2" in r.stdout and "--resume" in r.stdout
+    assert [m["task"] for m in list_checkpoints(part)] == [0]
+    events = [json.loads(x)["event"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("task_end") == 1 and events[-1] == "stopped" and "done" not in events
+    # the stop is not part of the run's settings
+    assert (part / "config.yaml").read_text() == (full / "config.yaml").read_text()
+    r = subprocess.run(cmd + ["--tasks", "0", "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "at least 1" in r.stderr and "Traceback" not in r.stderr
+    assert [m["task"] for m in list_checkpoints(part)] == [0]
+    r = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    a, _ = load_latest(full)
+    b, _ = load_latest(part)
+    assert b["model"].keys() == a["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    events = [json.loads(x)["event"] for x in (part / "metrics.jsonl").read_text().splitlines()]
+    assert events.count("task_end") == 2 and events[-1] == "done"
+
 def test_existing_run_needs_resume(fake_fmnist, tmp_path):
     cfg = _cfg(fake_fmnist, "data.num_tasks=1")
     train(cfg, out=str(tmp_path / "r"), progress=False)

@@ -40,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in the folder from its latest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--nan-policy", choices=["stop", "skip"], help="what a NaN/Inf loss does (default: stop, exit 3)")
+    t.add_argument("--tasks", type=int, metavar="N", help="stop once the first N tasks are finished (trained, "
+                   "evaluated, checkpointed), e.g. a probe after one replay task: --tasks 2; continue later "
+                   "with --resume (without --tasks)")
 
     s = sub.add_parser("sample", help="draw a sample grid from a checkpoint",
                        description="Draw samples from a checkpoint (.pt) or the latest checkpoint of a run folder.")
@@ -161,8 +164,11 @@ def _dispatch(args, parser) -> int:
         from .config import load_config
         from .train import train
         cfg = load_config(args.config, args.set + ([f"train.nan_policy={args.nan_policy}"] if args.nan_policy else []))
-        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+        run_dir = train(cfg, out=args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.tasks)
         print(f"run folder: {run_dir}")
+        if args.tasks is not None and args.tasks < cfg.data.num_tasks:
+            print(f"stopped after task {args.tasks} of {cfg.data.num_tasks} (--tasks {args.tasks}); continue with: "
+                  f"cldiff train --config {run_dir}/config.yaml --out {run_dir} --resume")
         return 0
     if args.cmd == "sample":
         return _sample(args)

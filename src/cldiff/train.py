@@ -198,18 +198,24 @@ class _InterruptFlag:
 
 
 def train(cfg: Config, out: str | None = None, resume: bool = False, progress: bool = True,
-          evaluator=None) -> Path:
-    """Run every task of ``cfg``; returns the run folder. See the module docstring for the maths."""
+          evaluator=None, stop_after: int | None = None) -> Path:
+    """Run every task of ``cfg``; returns the run folder. See the module docstring for the maths.
+
+    ``stop_after=N``: stop once the first N tasks are finished (trained, evaluated, checkpointed), for probes
+    that need only the first tasks; the run is not changed by it (it is not part of the config), and
+    ``resume=True`` without it later continues with task N+1 exactly as an uninterrupted run would."""
+    if stop_after is not None and stop_after < 1:
+        raise RunError(f"stop after {stop_after} tasks: give a number of tasks of at least 1 (--tasks N)")
     device = resolve_device(cfg.train.device)
     env, device = dist_setup(device)
     try:
         with _InterruptFlag() as flag:
-            return _train(cfg, out, resume, progress, evaluator, flag, env, device)
+            return _train(cfg, out, resume, progress, evaluator, flag, env, device, stop_after)
     finally:
         dist_teardown(env)
 
 
-def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, device) -> Path:
+def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, device, stop_after=None) -> Path:
     resume = resume or cfg.resume == "auto"
     if cfg.train.batch_size % env.world:
         raise RunError(f"train.batch_size {cfg.train.batch_size} is the global batch and must split evenly over "
@@ -309,7 +315,8 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
     grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
                              generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
     t_run = time.perf_counter() - wall_before
-    for k in range(start_task, len(data.tasks)):
+    last_task = len(data.tasks) if stop_after is None else min(stop_after, len(data.tasks))
+    for k in range(start_task, last_task):
         classes = strategy.train_classes(k, data.tasks)
         x_all, _ = data.train(classes)
         x_all = x_all.to(device)
@@ -416,6 +423,10 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
             release_memory()
         _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
               {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env)
+    if last_task < len(data.tasks):  # stopped early on request (stop_after): no "done" line, resumable
+        if start_task < last_task:
+            log.write({"event": "stopped", "task": last_task - 1, "wall_s": time.perf_counter() - t_run})
+        return run_dir
     log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run,
                "peak_rss_mib": peak_rss_mib()})
     return run_dir
