@@ -86,7 +86,7 @@ def test_classify_resumes_with_the_next_task_and_matches_an_uninterrupted_run(ru
     from cldiff.report import make_report
     md = (make_report([run3], run3.parent / "rep") / "report.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| generative_distillation") and "| generative |" in ln)
-    assert f"| 3 | {sum(full[-1]) / 3:.3f} |" in row
+    assert f"| 3 | 42 | {sum(full[-1]) / 3:.3f} |" in row  # after task 3, seed 42
     # nothing left: says so, changes nothing
     classify_run(run3, CLF, log=msgs.append)
     assert "already" in msgs[-1] and [r["acc"] for r in _evals(run3) if r["event"] == "classifier_eval"] == full

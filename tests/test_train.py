@@ -97,11 +97,15 @@ def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path)
 
 
 def test_cli_tasks_stops_after_n_tasks_and_resume_continues_as_the_uninterrupted_run(fake_fmnist, tmp_path):
-    cfg = _cfg(fake_fmnist, "train.keep_checkpoints=5")
-    full = train(cfg, out=str(tmp_path / "full"), progress=False)
-    part = tmp_path / "part"
-    sets = sum((["--set", x] for x in smoke_overrides(fake_fmnist) + ["train.keep_checkpoints=5"]), [])
-    cmd = [sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--out", str(part), "--no-progress", *sets]
+    # both runs in fresh processes with the same thread count (an in-process run would inherit whatever thread
+    # count earlier tests left, and bf16 sums differ between thread counts)
+    sets = sum((["--set", x] for x in smoke_overrides(fake_fmnist) + ["train.keep_checkpoints=5", "train.threads=2"]),
+               [])
+    full, part = tmp_path / "full", tmp_path / "part"
+    base = [sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--no-progress", *sets]
+    r = subprocess.run(base + ["--out", str(full)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cmd = base + ["--out", str(part)]
     r = subprocess.run(cmd + ["--tasks", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "stopped after task 1 of 2" in r.stdout and "--resume" in r.stdout
