@@ -160,8 +160,7 @@ def _classifier_summary(rs: list[dict]) -> dict | None:
     if not with_cls:
         return None
     last = max(r["classifier"][-1]["task"] for r in with_cls)
-    finals = {r["seed"]: next(c for c in r["classifier"] if c["task"] == last)
-              for r in with_cls if any(c["task"] == last for c in r["classifier"])}
+    finals = {r["seed"]: r["classifier"][-1] for r in with_cls if r["classifier"][-1]["task"] == last}
     per_task = {}
     for r in with_cls:
         for c in r["classifier"]:
@@ -303,12 +302,12 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
                   "|---|---|---|---|---|---|---|"]
         for g in groups:
             if g["classifier"]:
-                mat = "<br>".join(" ".join(f"{a:.2f}" for a in row) for row in g["classifier"]["acc_matrix_first_seed"])
                 c = g["classifier"]
+                mat = "<br>".join(" ".join(f"{a:.2f}" for a in row) for row in c["acc_matrix_first_seed"])
                 behind = "".join(f"; seed {s_} after {n}" for s_, n in c["behind"].items())
                 lines.append(f"| {g['label']} | {c['mode']} | {c['after_task']} | "
                              f"{','.join(map(str, c['seeds']))}{behind} | {_fmt(*c['avg_acc'], 3)} | "
-                             f"{_fmt(*g['classifier']['forgetting'], 3)} | {mat} |")
+                             f"{_fmt(*c['forgetting'], 3)} | {mat} |")
     lines += ["", "## Per task", "", f"| strategy | task | {fid_key} | KLD | ARD |", "|---|---|---|---|---|"]
     for g in groups:
         for k in sorted(g["per_task"]):
