@@ -96,6 +96,25 @@ def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path)
 
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_resume_and_shared_task_0_on_a_gpu(fake_fmnist, tmp_path):
+    # checkpoints are loaded onto the training device; the generator states in them must go back to the CPU
+    # (found on an H100: every resume and every train.init_from failed with "RNG state must be a ByteTensor")
+    cfg = _cfg(fake_fmnist, "train.device=cuda", "classifier.enabled=true", "classifier.epochs=0.1",
+               "classifier.replay_pool=16")
+    first = train(cfg, out=str(tmp_path / "a"), progress=False, stop_after=1)
+    train(cfg, out=str(first), resume=True, progress=False)
+    other = train(_cfg(fake_fmnist, "train.device=cuda", "classifier.enabled=true", "classifier.epochs=0.1",
+                       "classifier.replay_pool=16", f"train.init_from={first}", "strategy.name=generative_replay"),
+                  out=str(tmp_path / "b"), progress=False)
+    assert [m["task"] for m in list_checkpoints(first)] == [0, 1]
+    assert [m["task"] for m in list_checkpoints(other)] == [0, 1]
+    a0, _ = load_checkpoint_file(first / "checkpoints" / "task_00.pt")
+    b0, _ = load_checkpoint_file(other / "checkpoints" / "task_00.pt")
+    for k in a0["model"]:
+        assert torch.equal(a0["model"][k], b0["model"][k]), k
+
+
 def test_cli_tasks_stops_after_n_tasks_and_resume_continues_as_the_uninterrupted_run(fake_fmnist, tmp_path):
     # both runs in fresh processes with the same thread count (an in-process run would inherit whatever thread
     # count earlier tests left, and bf16 sums differ between thread counts)

@@ -163,7 +163,7 @@ class ContinualClassifier:
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["net"])
-        self.gen.set_state(state["gen"])
+        self.gen.set_state(state["gen"].cpu())  # a checkpoint loaded onto a GPU moved it there
         rows = state["acc_rows"]
         self.acc_rows = [[float(v) for v in row[: i + 1]] for i, row in enumerate(rows.tolist())] if rows.numel() else []
         if "prev" in state:

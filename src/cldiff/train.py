@@ -112,7 +112,11 @@ def _rng_state(gen: torch.Generator, data_gen: torch.Generator, env: DistEnv | N
 
 def _restore_rng(rng: dict, gen: torch.Generator, data_gen: torch.Generator, env: DistEnv | None = None,
                  seed: int = 0, task: int = 0) -> None:
+    # generator states are CPU byte tensors, but a checkpoint loaded with map_location=cuda moved them there
+    rng = {k: v.cpu() if torch.is_tensor(v) else v for k, v in rng.items()}
     ranks = rng.get("train_gen_ranks")
+    if ranks is not None:
+        ranks = [r.cpu() for r in ranks]
     if env is not None and env.active:
         if ranks is not None and len(ranks) == env.world:
             gen.set_state(ranks[env.rank])
