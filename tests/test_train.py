@@ -95,17 +95,15 @@ def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path)
     assert strip(la) == strip(lb)  # same lines, no duplicates
 
 
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_resume_and_shared_task_0_on_a_gpu(fake_fmnist, tmp_path):
     # checkpoints are loaded onto the training device; the generator states in them must go back to the CPU
     # (found on an H100: every resume and every train.init_from failed with "RNG state must be a ByteTensor")
-    cfg = _cfg(fake_fmnist, "train.device=cuda", "classifier.enabled=true", "classifier.epochs=0.1",
-               "classifier.replay_pool=16")
+    gpu = ["train.device=cuda", "classifier.enabled=true", "classifier.epochs=0.1", "classifier.replay_pool=16"]
+    cfg = _cfg(fake_fmnist, *gpu)
     first = train(cfg, out=str(tmp_path / "a"), progress=False, stop_after=1)
     train(cfg, out=str(first), resume=True, progress=False)
-    other = train(_cfg(fake_fmnist, "train.device=cuda", "classifier.enabled=true", "classifier.epochs=0.1",
-                       "classifier.replay_pool=16", f"train.init_from={first}", "strategy.name=generative_replay"),
+    other = train(_cfg(fake_fmnist, *gpu, f"train.init_from={first}", "strategy.name=generative_replay"),
                   out=str(tmp_path / "b"), progress=False)
     assert [m["task"] for m in list_checkpoints(first)] == [0, 1]
     assert [m["task"] for m in list_checkpoints(other)] == [0, 1]
