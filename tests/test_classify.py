@@ -1,5 +1,6 @@
 """`cldiff classify`: the classifier protocol on a finished run, replaying from its end-of-task checkpoints."""
 import json
+import os
 import subprocess
 import sys
 
@@ -164,7 +165,7 @@ def test_classifier_probe_script_trains_a_copy_and_leaves_the_run_alone(run3, tm
     from conftest import ROOT
     classify_run(run3, CLF, restart=True, log=lambda m: None)
     before = (run3 / "classifier.jsonl").read_bytes()
-    env = {**__import__("os").environ, "CL": f"{sys.executable} -m cldiff"}
+    env = {**os.environ, "CL": f"{sys.executable} -m cldiff"}
     script = str(ROOT / "scripts" / "classifier_probe.sh")
     probe = tmp_path / "probe"
     args = ["--set", "classifier.kd_direction=paper", "--set", "classifier.replay_pool=16",
