@@ -11,9 +11,12 @@ Sweep file (YAML)::
       strategy:
         - {name: naive}
         - {name: generative_distillation, lam: [0.5, 1.0], teacher_steps: 2}
+        - {name: joint, set: {train.steps_per_task: 600}}   # overrides for this entry's runs only
 
-A list value inside a strategy entry is a grid axis. Each run gets a folder
-named from its settings; finished runs are skipped, interrupted ones resume.
+A list value inside a strategy entry is a grid axis. An entry's `set` applies
+after the sweep's `set`, and its settings are added to the run folder's name.
+Each run gets a folder named from its settings; finished runs are skipped,
+interrupted ones resume.
 """
 from __future__ import annotations
 
@@ -63,21 +66,42 @@ def plan(path: str | Path) -> tuple[list[PlannedRun], dict]:
     strategies = [s for e in grid.get("strategy", [base.get("strategy", {"name": "generative_distillation"})])
                   for s in _expand_strategy(e)]
     out = Path(spec.get("out", "runs/sweep"))
-    sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in (spec.get("set") or {}).items()]
+    sets = _overrides(spec.get("set"), "sweep: 'set'")
     runs, problems = [], []
     for seed, strat in itertools.product(seeds, strategies):
+        strat = dict(strat)
+        entry_set = strat.pop("set", None)
         raw = yaml.safe_load(yaml.safe_dump(base))
-        raw = apply_overrides(raw, sets)
-        raw["seed"], raw["strategy"] = seed, strat
         try:
+            own = _overrides(entry_set, f"sweep: strategy {strat.get('name')!r}: 'set'")
+            raw = apply_overrides(raw, sets + own)
+            raw["seed"], raw["strategy"] = seed, strat
             cfg = config_from_dict(raw)
         except ConfigError as e:
             problems += [f"run seed={seed} strategy={strat}: {p}" for p in e.problems]
             continue
-        runs.append(PlannedRun(cfg, out / cfg.run_name()))
+        name = cfg.run_name()
+        if entry_set:
+            name += "".join(f"_{k}{v}" for k, v in sorted(entry_set.items())).replace("/", "-")
+        runs.append(PlannedRun(cfg, out / name))
+    seen: dict[Path, int] = {}
+    for r in runs:
+        seen[r.out] = seen.get(r.out, 0) + 1
+    problems += [f"sweep: {n} runs would share the folder {str(d)!r}; give their strategy entries different "
+                 "settings (or a different 'set')" for d, n in seen.items() if n > 1]
     if problems:
         raise ConfigError(problems)
     return runs, spec
+
+
+def _overrides(mapping, where: str) -> list[str]:
+    """A sweep's `set` mapping ({dotted.key: value}) as `--set` strings."""
+    if mapping is None:
+        return []
+    if not isinstance(mapping, dict):
+        raise ConfigError([f"{where} must be a mapping of dotted keys to values, e.g. "
+                           "{train.steps_per_task: 600}; got " + repr(mapping)])
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in mapping.items()]
 
 
 def is_finished(run_dir: Path, num_tasks: int) -> bool:

@@ -1,0 +1,50 @@
+"""Sweep planning: per-entry overrides, folder names, and the shipped CPU grid matching the `cpu` presets."""
+import pytest
+import yaml
+
+from cldiff import sweep
+from cldiff.config import ConfigError, load_config
+
+from conftest import CONFIGS
+
+
+def _write(tmp_path, strategies, **extra):
+    sw = tmp_path / "s.yaml"
+    sw.write_text(yaml.safe_dump({"base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / "out"),
+                                  "grid": {"seed": [42], "strategy": strategies}, **extra}))
+    return sw
+
+
+def test_entry_set_applies_to_its_runs_only_and_names_the_folder(tmp_path):
+    sw = _write(tmp_path, [{"name": "joint"}, {"name": "joint", "set": {"train.steps_per_task": 9}},
+                           {"name": "naive"}], set={"train.steps_per_task": 3})
+    runs, _ = sweep.plan(sw)
+    steps = {r.out.name: r.cfg.train.steps_per_task for r in runs}
+    plain = next(n for n in steps if n.startswith("fashion_mnist_joint") and "steps_per_task" not in n)
+    assert steps[plain] == 3                               # the sweep's set
+    assert steps[plain + "_train.steps_per_task9"] == 9    # the entry's set wins, and is in the name
+    assert [s for n, s in steps.items() if "naive" in n] == [3]
+    assert all("set" not in r.cfg.strategy for r in runs)  # not passed on as a strategy field
+
+
+def test_runs_that_would_share_a_folder_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="share the folder"):
+        sweep.plan(_write(tmp_path, [{"name": "naive"}, {"name": "naive"}]))
+
+
+def test_entry_set_must_be_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        sweep.plan(_write(tmp_path, [{"name": "joint", "set": "train.steps_per_task=9"}]))
+
+
+def test_cpu_sweep_plans_exactly_the_cpu_presets():
+    # The README's grid is made from configs/split_fmnist/cpu/NAME.yaml; the sweep must be the same experiment.
+    runs, _ = sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu.yaml")
+    assert {r.cfg.seed for r in runs} == {42, 69, 1714}
+    for r in runs:
+        preset = load_config(CONFIGS / "split_fmnist" / "cpu" / f"{r.cfg.strategy['name']}.yaml",
+                             [f"seed={r.cfg.seed}"])
+        a, b = r.cfg.to_dict(), preset.to_dict()
+        for d in (a, b):
+            d.pop("out_dir"), d.pop("name")
+        assert a == b, r.out.name
