@@ -233,3 +233,20 @@ def test_micro_batches_give_the_same_step(name):
     for a, b in zip(*params):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     assert any(not torch.equal(a, p) for a, p in zip(params[0], model.parameters()))  # the step did move them
+
+
+def test_resume_refuses_settings_that_change_the_computation_and_keeps_the_run(fake_fmnist, tmp_path):
+    from cldiff.train import RunError
+    out = tmp_path / "r"
+    train(_cfg(fake_fmnist, "data.num_tasks=1"), out=str(out), progress=False)
+    saved = (out / "config.yaml").read_text()
+    # A finished run too: resuming it with another budget must not pass for "already complete".
+    with pytest.raises(RunError, match=r"train\.steps_per_task \(run: 6, yours: 9\)"):
+        train(_cfg(fake_fmnist, "data.num_tasks=1", "train.steps_per_task=9"), out=str(out), resume=True,
+              progress=False)
+    with pytest.raises(RunError, match=r"eval\.n_samples"):
+        train(_cfg(fake_fmnist, "data.num_tasks=1", "eval.n_samples=7"), out=str(out), resume=True, progress=False)
+    assert (out / "config.yaml").read_text() == saved  # nothing rewritten by a refused resume
+    # how it runs (threads, checkpointing, logging) may change
+    train(_cfg(fake_fmnist, "data.num_tasks=1", "train.threads=1", "train.log_every=3"), out=str(out), resume=True,
+          progress=False)

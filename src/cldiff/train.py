@@ -149,6 +149,28 @@ def _normalised(raw: dict) -> dict:
         return raw
 
 
+# Settings that change how a run executes or what it logs, not what it computes: a resume may change them.
+# (attention and micro_batches: the same function and the same step, tested; init_from only decides task 0.)
+_RESUME_FREE = {"train": {"threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "nan_policy",
+                          "grid_samples", "grid_steps", "attention", "micro_batches", "init_from"},
+                "eval": {"batch_size"}}
+
+
+def _resume_differences(prev: dict, mine: dict) -> list[str]:
+    """The settings of `mine` that differ from the run's `prev` and would change what a resumed run computes
+    or evaluates, as 'key (run: X, yours: Y)'."""
+    out = []
+    for key in ("seed", "data", "model", "strategy", "train", "eval", "classifier"):
+        a, b = prev.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "strategy":
+            free = _RESUME_FREE.get(key, set())
+            out += [f"{key}.{k} (run: {a.get(k)!r}, yours: {b.get(k)!r})" for k in sorted(set(a) | set(b))
+                    if k not in free and a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} (run: {a!r}, yours: {b!r})")
+    return out
+
+
 def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
     run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
     has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
@@ -160,11 +182,11 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = Tr
         if old.exists():
             import yaml
             prev = _normalised(yaml.safe_load(old.read_text()))
-            mine = cfg.to_dict()
-            for key in ("data", "model", "strategy", "seed"):
-                if prev.get(key) != mine.get(key):
-                    raise RunError(f"--resume: the config's '{key}' differs from the run in {run_dir}; resume with "
-                                   "the same settings, or start a new run folder with --out")
+            differing = _resume_differences(prev, cfg.to_dict())
+            if differing:
+                raise RunError(f"--resume: the config differs from the run in {run_dir} in "
+                               f"{'; '.join(differing)}; resume with the run's settings (its config.yaml), or start "
+                               "a new run folder with --out")
     if not write:
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
