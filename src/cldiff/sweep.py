@@ -21,6 +21,7 @@ interrupted ones resume.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import sys
 import traceback
 from dataclasses import dataclass
@@ -84,11 +85,8 @@ def plan(path: str | Path) -> tuple[list[PlannedRun], dict]:
         if entry_set:
             name += "".join(f"_{k}{v}" for k, v in sorted(entry_set.items())).replace("/", "-")
         runs.append(PlannedRun(cfg, out / name))
-    seen: dict[Path, int] = {}
-    for r in runs:
-        seen[r.out] = seen.get(r.out, 0) + 1
     problems += [f"sweep: {n} runs would share the folder {str(d)!r}; give their strategy entries different "
-                 "settings (or a different 'set')" for d, n in seen.items() if n > 1]
+                 "settings (or a different 'set')" for d, n in Counter(r.out for r in runs).items() if n > 1]
     if problems:
         raise ConfigError(problems)
     return runs, spec

@@ -149,11 +149,13 @@ def _normalised(raw: dict) -> dict:
         return raw
 
 
-# Settings that change how a run executes or what it logs, not what it computes: a resume may change them.
-# (attention and micro_batches: the same function and the same step, tested; init_from only decides task 0.)
-_RESUME_FREE = {"train": {"threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "nan_policy",
-                          "grid_samples", "grid_steps", "attention", "micro_batches", "init_from"},
-                "eval": {"batch_size"}}
+# Training settings that change how a run executes, not what it computes (attention and micro_batches: the same
+# function and the same step, tested; init_from only decides where task 0 comes from). A resume may change
+# them, and so may the share of task 0 (train.init_from).
+_HOW_IT_RUNS = {"threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "attention",
+                "micro_batches", "init_from"}
+# A resume may also change what is only logged or drawn: the NaN policy, the sample grids, the generation batch.
+_RESUME_FREE = {"train": _HOW_IT_RUNS | {"nan_policy", "grid_samples", "grid_steps"}, "eval": {"batch_size"}}
 
 
 def _resume_differences(prev: dict, mine: dict) -> list[str]:
@@ -617,9 +619,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     for key in ("seed", "data", "model", "classifier"):
         if theirs.get(key) != mine.get(key):
             raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
-    skip = {"init_from", "keep_checkpoints", "checkpoint_every", "log_every", "threads", "device", "attention",
-            "micro_batches",
-            "steps_per_task", "epochs_per_task", "first_task_steps"}
+    skip = _HOW_IT_RUNS | {"steps_per_task", "epochs_per_task", "first_task_steps"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
     if _task0_budget(theirs["train"]) != _task0_budget(mine["train"]):  # later tasks' budgets may differ
         diff.append("first_task_steps/steps_per_task/epochs_per_task (task 0's budget)")
