@@ -3,6 +3,7 @@ import math
 
 import pytest
 import yaml
+from PIL import Image
 
 from cldiff.config import Config
 from cldiff.report import make_report, mean_sem
@@ -86,6 +87,13 @@ def test_groups_of_one_strategy_with_other_budgets_get_labels_that_tell_them_apa
     assert labels == sorted(["joint [train.steps_per_task=600]",
                              f"joint [train.steps_per_task={Config().train.steps_per_task}]"])
     assert "[" not in next(g for g in res if g["strategy"] == "generative_distillation")["label"]
+    # epochs per task change nothing where steps per task are set: not a difference between groups
+    c = _fake_run(tmp_path / "j600e", 69, "joint", [10, 25], [0.1, 0.1])
+    cfg["seed"], cfg["train"]["epochs_per_task"] = 69, 100
+    (c / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = json.loads((make_report([a, b, c], tmp_path / "rep2") / "results.json").read_text())
+    j600 = next(g for g in res if g["label"] == "joint [train.steps_per_task=600]")
+    assert j600["seeds"] == [42, 69] and j600["final"]["fid_fmnist"][0] == pytest.approx(20.0)
 
 
 def test_a_seed_still_running_does_not_hold_its_group_back(tmp_path):
@@ -103,3 +111,47 @@ def test_a_seed_still_running_does_not_hold_its_group_back(tmp_path):
     md = (out / "report.md").read_text()
     assert "| 3 | 42,1714 (of 42,69,1714) | 40.00 ± 10.00 |" in md
     assert "seed 69 after task 1" in md
+
+
+def test_the_papers_numbers_stand_only_beside_its_own_setting(tmp_path):
+    """Split Fashion-MNIST after 5 tasks with a 2-step teacher: the paper's GR/GD numbers; a 10-step teacher, or
+    another data set, is not what the paper reported."""
+    def run(name, teacher_steps=None, dataset=None):
+        r = _fake_run(tmp_path / name, 42, name.split("-")[0], [10] * 5, [0.1] * 5)
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        if teacher_steps is not None:
+            cfg["strategy"]["teacher_steps"] = teacher_steps
+        if dataset is not None:
+            cfg["data"]["dataset"] = dataset
+        (r / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return r
+
+    runs = [run("generative_replay-s2", 2), run("generative_replay-s10", 10),
+            run("generative_distillation-mnist", 2, "mnist"), run("naive")]
+    res = json.loads((make_report(runs, tmp_path / "rep") / "results.json").read_text())
+    paper = {(g["strategy"], g["label"]): g["paper"] for g in res}
+    assert paper[("generative_replay", "generative_replay teacher_steps=2")] == {"fid": 211.8, "kld": 3.39}
+    assert paper[("generative_replay", "generative_replay teacher_steps=10")] is None
+    assert paper[("generative_distillation", "generative_distillation teacher_steps=2")] is None  # MNIST
+    assert paper[("naive", "naive")] is None
+
+
+def test_sample_grids_of_long_labels_keep_apart_and_an_earlier_reports_grids_go(tmp_path):
+    """Labels with many differing settings must not make file names the file system refuses (255 bytes), nor
+    two groups share one; a report written again into the same folder keeps no grids of groups it no longer has."""
+    runs = []
+    for i, extra in enumerate(("a" * 300 + "1", "a" * 300 + "2")):
+        r = _fake_run(tmp_path / f"r{i}", 42, "generative_distillation", [10, 20], [0.1, 0.2])
+        cfg = yaml.safe_load((r / "config.yaml").read_text())
+        cfg["strategy"]["note"] = extra  # a strategy setting becomes part of the label
+        (r / "config.yaml").write_text(yaml.safe_dump(cfg))
+        Image.new("L", (8, 8), 128 + i).save(r / "samples" / "task_00.png")
+        runs.append(r)
+    out = make_report(runs, tmp_path / "rep")
+    names = sorted(p.name for p in (out / "samples").iterdir())
+    assert len(names) == 2 and len(set(names)) == 2 and all(len(n.encode()) < 255 for n in names)
+    md = (out / "report.md").read_text()
+    assert all(f"samples/{n}" in md for n in names)
+    make_report(runs[:1], out)
+    left = [p.name for p in (out / "samples").iterdir()]
+    assert len(left) == 1 and left[0] in names
