@@ -256,7 +256,7 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
 def _slug(label: str, limit: int = 180) -> str:
     """A file-name form of a group label. Long labels (many differing settings) are cut to `limit` characters
     and given a hash of the whole label, so that names stay distinct and within the file system's 255 bytes."""
-    slug = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    slug = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in label)
     if len(slug) <= limit:
         return slug
     return slug[:limit] + "_" + hashlib.sha256(label.encode()).hexdigest()[:10]
