@@ -20,6 +20,9 @@ SMOKE = CONFIGS / "split_fmnist" / "smoke.yaml"
 SETS = ["train.threads=1", "train.checkpoint_every=2", "train.steps_per_task=8", "train.keep_checkpoints=5"]
 CLASSIFIER = ["classifier.enabled=true", "classifier.epochs=0.3", "classifier.batch_size=16",
               "classifier.replay_steps=2"]
+# the training recipe (EMA, a cosine learning rate after a warm-up, min-SNR weighting): its state and its
+# step-dependent rates must resume as exactly as the rest
+RECIPE = ["train.ema_decay=0.99", "train.lr_schedule=cosine", "train.warmup_steps=3", "train.loss_weighting=min_snr"]
 
 
 def _cmd(root, out, extra=()):
@@ -43,6 +46,9 @@ def _assert_same_run(a, b):
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     for k in sa["strategy"].get("teacher", {}):
         assert torch.equal(sa["strategy"]["teacher"][k], sb["strategy"]["teacher"][k]), k
+    assert ("ema" in sa) == ("ema" in sb)
+    for k in sa.get("ema", {}):
+        assert torch.equal(sa["ema"][k], sb["ema"][k]), k
     for k in sa.get("classifier", {}).get("net", {}):
         assert torch.equal(sa["classifier"]["net"][k], sb["classifier"]["net"][k]), k
     assert _lines(a) == _lines(b)
@@ -61,7 +67,7 @@ def _wait_for(run, pred, proc, timeout=240):
 
 def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp_path):
     full = tmp_path / "full"
-    r = subprocess.run(_cmd(fake_fmnist, full, CLASSIFIER), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, full, CLASSIFIER + RECIPE), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "killed"
     # kill points: mid task 0, right after task 0 ended, mid task 1
@@ -70,13 +76,14 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp
                    lambda m: m["task"] == 1 and m["step"] == 4]
     kills = 0
     for pred in kill_points:
-        p = subprocess.Popen(_cmd(fake_fmnist, run, CLASSIFIER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p = subprocess.Popen(_cmd(fake_fmnist, run, CLASSIFIER + RECIPE), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
         if _wait_for(run, pred, p):
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait()
     assert kills == 3
-    r = subprocess.run(_cmd(fake_fmnist, run, CLASSIFIER), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, run, CLASSIFIER + RECIPE), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _assert_same_run(full, run)
 

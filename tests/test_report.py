@@ -155,3 +155,19 @@ def test_sample_grids_of_long_labels_keep_apart_and_an_earlier_reports_grids_go(
     make_report(runs[:1], out)
     left = [p.name for p in (out / "samples").iterdir()]
     assert len(left) == 1 and left[0] in names
+
+
+def test_runs_that_differ_in_a_training_setting_are_not_averaged_as_seeds(tmp_path):
+    def run(name, seed, **train):
+        f = _fake_run(tmp_path / name, seed, "generative_distillation", [10, 20 + seed], [0.1, 0.2])
+        cfg = yaml.safe_load((f / "config.yaml").read_text())
+        cfg["train"].update(train)
+        (f / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return f
+    runs = [run("plain", 1), run("plain_threads", 2, threads=1, log_every=5),  # repeats: only how they ran differs
+            run("ema", 1, ema_decay=0.999), run("cosine", 1, lr_schedule="cosine", warmup_steps=20)]
+    res = json.loads((make_report(runs, tmp_path / "rep") / "results.json").read_text())
+    assert sorted(len(g["seeds"]) for g in res) == [1, 1, 2]
+    labels = sorted(g["label"] for g in res)
+    assert any("train.ema_decay=0.999" in x for x in labels) and any("train.lr_schedule=cosine" in x for x in labels)
+    assert not any("threads" in x or "log_every" in x for x in labels)

@@ -71,6 +71,28 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also checkpoint every N steps within a task (exact mid-task resume)
     nan_policy: str = "stop"  # stop: a NaN/Inf loss ends the run (exit 3); skip: skip that batch and count it
     init_from: str | None = None  # a run folder (same data, model, seed, training) whose task-0 result this run reuses
+    # --- the training recipe (docs/recipe.md; all off in the paper/ presets, which keep the paper's protocol)
+    # EMA of the student's weights (null: off). Its decay warms up within every task, min(ema_decay, (1+n)/(10+n))
+    # after n steps of the task, so a short task is not dominated by the weights it started from. Evaluation,
+    # sample grids, `cldiff sample` and `cldiff classify` use the EMA weights; the student trains on.
+    ema_decay: float | None = None
+    ema_teacher: bool = True  # with EMA: the frozen teacher at a task's end is the EMA (true) or the raw weights
+    lr_schedule: str = "constant"  # constant | cosine (from lr down to 0 over each task's steps, after the warm-up)
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first N steps of every task (0: none)
+    # Loss weighting over timesteps: none (the paper) | min_snr (Hang et al. 2023, eps-prediction form:
+    # w_t = min(SNR_t, gamma) / SNR_t, i.e. 1 where SNR_t <= gamma; the terminal step's SNR of 0 gets weight 1)
+    loss_weighting: str = "none"
+    min_snr_gamma: float = 5.0  # gamma of min_snr
+
+
+# Training settings that change how a run executes, not what it computes (attention and micro_batches: the same
+# function and the same step, tested; init_from only decides where task 0 comes from). A resume may change them,
+# and so may the share of task 0 (train.init_from); reports do not tell runs apart by them.
+EXECUTION_ONLY = frozenset({"threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "attention",
+                            "micro_batches", "init_from"})
+# Settings that are only logged or drawn (the NaN policy, the sample grids, the generation batch): a resume may
+# change them too, and they never make two runs' metrics differ.
+DISPLAY_ONLY = {"train": EXECUTION_ONLY | {"nan_policy", "grid_samples", "grid_steps"}, "eval": frozenset({"batch_size"})}
 
 
 # DDIM generation batch for evaluation, classifier replay pools and `cldiff sample` (memory and speed only)
@@ -264,6 +286,14 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
          f"train.checkpoint_every: must be >= 1 or null, got {t.checkpoint_every}")
     need(t.nan_policy in ("stop", "skip"), f"train.nan_policy: must be stop or skip, got {t.nan_policy!r}")
     need(t.keep_checkpoints >= 1, f"train.keep_checkpoints: must be >= 1, got {t.keep_checkpoints}")
+    need(t.ema_decay is None or 0 < t.ema_decay < 1,
+         f"train.ema_decay: must be between 0 and 1 (for example 0.999), or null to switch EMA off; got {t.ema_decay}")
+    need(t.lr_schedule in ("constant", "cosine"), f"train.lr_schedule: must be constant or cosine, got {t.lr_schedule!r}")
+    need(isinstance(t.warmup_steps, int) and t.warmup_steps >= 0,
+         f"train.warmup_steps: must be an integer >= 0 (0: no warm-up), got {t.warmup_steps!r}")
+    need(t.loss_weighting in ("none", "min_snr"),
+         f"train.loss_weighting: must be none or min_snr, got {t.loss_weighting!r}")
+    need(t.min_snr_gamma > 0, f"train.min_snr_gamma: must be > 0 (Hang et al. use 5), got {t.min_snr_gamma}")
     e = cfg.eval
     need(e.n_samples >= 2, f"eval.n_samples: must be >= 2, got {e.n_samples}")
     need(e.steps >= 1, f"eval.steps: must be >= 1, got {e.steps}")

@@ -188,6 +188,24 @@ class NoiseSchedule:
         ab = self._ab(t)
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """SNR_t = abar_t / (1 - abar_t), shape (N,). Under zero terminal SNR it is exactly 0 at t = T-1."""
+        ab = self.abar[t]
+        return ab / (1.0 - ab).clamp(min=1e-20)
+
+    def min_snr_weight(self, t: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma loss weights for eps-prediction (Hang et al. 2023, eq. 12 with eps targets), shape (N,).
+
+        The x_0-loss weight min(SNR_t, gamma) becomes min(SNR_t, gamma) / SNR_t on the eps-loss, since
+        ||x_0 - x^_0||^2 = ||eps - eps^||^2 / SNR_t. It is 1 wherever SNR_t <= gamma and gamma / SNR_t above,
+        so only the nearly clean timesteps (small t, huge SNR) are turned down. Under zero terminal SNR the
+        last step t = T-1 has SNR 0 and the formula reads 0 / 0; its limit from the right is 1 (the weight is
+        1 for every SNR below gamma), and 1 is what it gets: that step is pure noise, whose eps-loss is the
+        one the sampler's first step depends on, so it must not be switched off. Computed as
+        gamma / max(SNR_t, gamma), which is exactly that, with no division by zero.
+        """
+        return gamma / self.snr(t).clamp(min=gamma)
+
     def sample_timesteps(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
         """Timesteps drawn uniformly from 0..T-1 (PROTOCOL.md section 2)."""
         return torch.randint(0, self.T, (n,), generator=generator, device=device)

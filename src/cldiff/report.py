@@ -63,13 +63,7 @@ def load_run(run_dir: Path) -> dict:
     strat = dict(cfg["strategy"])
     name = strat.pop("name")
     label = name + "".join(f" {k}={v}" for k, v in sorted(strat.items()))
-    budget = {k: cfg["train"].get(k) for k in ("batch_size", "steps_per_task", "epochs_per_task", "first_task_steps")}
-    if budget["steps_per_task"] is not None:  # steps override epochs: epochs then change nothing
-        budget["epochs_per_task"] = None
-    group = json.dumps({"strategy": cfg["strategy"], "model": cfg["model"]["preset"],
-                        "data": {k: cfg["data"][k] for k in ("dataset", "num_tasks", "class_order", "max_train_per_task")},
-                        "train": budget,
-                        "eval": {k: cfg["eval"].get(k) for k in ("n_samples", "steps")}}, sort_keys=True)
+    group = json.dumps(_group_key(cfg), sort_keys=True)
     return {"dir": run_dir, "config": cfg, "seed": cfg["seed"], "strategy": name, "label": label, "group": group,
             "evals": evals, "task_ends": ends, "num_tasks": cfg["data"]["num_tasks"],
             "wall_s": max(walls) if walls else 0.0,
@@ -78,6 +72,25 @@ def load_run(run_dir: Path) -> dict:
             "classifier": [r for r in recs if r.get("event") == "classifier_eval"]
             or [r for r in _read_jsonl(run_dir / "classifier.jsonl") if r.get("event") == "classifier_eval"],
             "shared_from": next((r["from"] for r in recs if r.get("event") == "shared"), None)}
+
+
+def _group_key(cfg: dict) -> dict:
+    """What makes two runs the same experiment (their seeds then are repeats): every setting that changes what a
+    run computes or how it is evaluated, with today's defaults filled in for fields a run's config predates.
+    Left out: the seed, names and folders, the settings that only change how a run executes or what it draws
+    (config.DISPLAY_ONLY), and the classifier's (it has random streams of its own and leaves the diffusion model
+    as it is, so a run with the classifier repeats one without it)."""
+    from .config import DISPLAY_ONLY, config_from_dict
+    try:
+        full = config_from_dict(cfg).to_dict()
+    except Exception:  # a config of another version that no longer loads: group it by what it says
+        full = cfg
+    train = {k: v for k, v in full.get("train", {}).items() if k not in DISPLAY_ONLY["train"]}
+    if train.get("steps_per_task") is not None:  # steps override epochs: epochs then change nothing
+        train["epochs_per_task"] = None
+    data = {k: v for k, v in full.get("data", {}).items() if k not in ("root", "verify")}
+    return {"strategy": full.get("strategy"), "model": full.get("model"), "data": data, "train": train,
+            "eval": {k: v for k, v in full.get("eval", {}).items() if k not in DISPLAY_ONLY["eval"]}}
 
 
 def mean_sem(values) -> tuple[float | None, float | None]:

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
-from .config import Config, config_from_dict, save_config
+from .config import DISPLAY_ONLY, EXECUTION_ONLY, Config, config_from_dict, save_config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
 from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
+from .recipe import EMA, lr_at
 from .strategies import StepContext, TaskContext, build_strategy
 from .sysmem import peak_rss_mib, release_memory
 
@@ -149,13 +150,8 @@ def _normalised(raw: dict) -> dict:
         return raw
 
 
-# Training settings that change how a run executes, not what it computes (attention and micro_batches: the same
-# function and the same step, tested; init_from only decides where task 0 comes from). A resume may change
-# them, and so may the share of task 0 (train.init_from).
-_HOW_IT_RUNS = {"threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "attention",
-                "micro_batches", "init_from"}
-# A resume may also change what is only logged or drawn: the NaN policy, the sample grids, the generation batch.
-_RESUME_FREE = {"train": _HOW_IT_RUNS | {"nan_policy", "grid_samples", "grid_steps"}, "eval": {"batch_size"}}
+_HOW_IT_RUNS = EXECUTION_ONLY
+_RESUME_FREE = DISPLAY_ONLY
 
 
 def _resume_differences(prev: dict, mine: dict) -> list[str]:
@@ -264,6 +260,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
     strategy = build_strategy(cfg.strategy)
     gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
     data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
+    ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
     opt = None
     start_task, wall_before = 0, 0.0
     mid = None  # the state of an interrupted task, when resuming mid-task
@@ -282,6 +279,8 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
         if found is not None:
             state, meta = found
             model.load_state_dict(state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             strategy.load_state_dict(state.get("strategy", {}), model)
             _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, meta["task"])
             if clf is not None and "classifier" in state:
@@ -311,11 +310,14 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
     if start_task == 0 and mid is None and cfg.train.init_from:
         state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
         model.load_state_dict(state["model"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, 0)
         if clf is not None:
             clf.load_state_dict(state["classifier"])
         # this strategy's own end of task 0 (teacher, memory, importance, ...)
-        strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast))
+        strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast,
+                                             _teacher_source(cfg, ema)))
         src_lines = [r for r in MetricsLog(Path(cfg.train.init_from) / "metrics.jsonl").read() if r.get("task") == 0]
         if env.main:
             log.path.write_text("")
@@ -328,7 +330,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
             (run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
         _save(run_dir, cfg, data, model, strategy, None, clf, gen, data_gen,
               {k: v for k, v in meta.items() if k in ("task", "step", "wall_s")}, {"shared_from": str(cfg.train.init_from)},
-              env=env)
+              env=env, ema=ema)
         start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
         if cfg.eval.enabled and env.main:
             from .evaluate import write_eval_csv
@@ -343,6 +345,11 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
     grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
                              generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
     t_run = time.perf_counter() - wall_before
+    scheduled_lr = cfg.train.lr_schedule != "constant" or cfg.train.warmup_steps > 0
+    loss_weight = None
+    if cfg.train.loss_weighting == "min_snr":
+        gamma = cfg.train.min_snr_gamma
+        loss_weight = lambda t: schedule.min_snr_weight(t, gamma)  # noqa: E731
     last_task = len(data.tasks) if stop_after is None else min(stop_after, len(data.tasks))
     for k in range(start_task, last_task):
         classes = strategy.train_classes(k, data.tasks)
@@ -353,7 +360,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
         if mid is None:
             if clf is not None:
                 # the classifier trains first, replaying from the diffusion model as it was at the end of task k-1
-                gen_model = frozen_copy(model) if k >= 1 else None
+                gen_model = frozen_copy(ema.model if ema is not None else model) if k >= 1 else None
                 log.write(clf.train_task(k, data, gen_model, schedule, autocast))
                 del gen_model
             if opt is None or cfg.train.reset_optimizer:
@@ -383,11 +390,17 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
             n_global = len(x0)
             if env.active:  # same indices on every rank (one data generator), each its own slice
                 x0 = x0[env.rank::env.world]
+            if scheduled_lr:
+                lr = lr_at(cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps, step, steps)
+                for g in opt.param_groups:
+                    g["lr"] = lr
             r = train_step(net, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
-                           cfg.train.nan_policy, run_dir, step, env, cfg.train.micro_batches)
+                           cfg.train.nan_policy, run_dir, step, env, cfg.train.micro_batches, loss_weight)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
                 c["skipped"] += 1
             else:
+                if ema is not None:
+                    ema.update(model, step)
                 c["images"] += n_global
                 img_since_log += n_global
                 c["student_images"] += r["student_images"] * env.world
@@ -403,7 +416,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                        **{key: v / m for key, v in c["acc"].items()},
                        "img_per_s": img_since_log / max(now - t_log, 1e-9),
                        "student_img_per_s": img_since_log * ratio / max(now - t_log, 1e-9),
-                       "skipped_nonfinite": c["skipped"], "wall_s": now - t_run}
+                       "skipped_nonfinite": c["skipped"], "wall_s": now - t_run, "lr": opt.param_groups[0]["lr"]}
                 log.write(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
                 c["acc"] = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
@@ -415,7 +428,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                 _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
                       {"task": k, "step": step + 1, "wall_s": time.perf_counter() - t_run},
                       {"complete": False, "task_counters": c_now}, task_state={"perm": perm, "pos": torch.tensor(pos)},
-                      env=env)
+                      env=env, ema=ema)
                 if stop:
                     bar.close()
                     raise Interrupted(f"interrupted at task {k} step {step + 1}; checkpoint written. "
@@ -424,10 +437,11 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
         train_s = c["train_s"] + time.perf_counter() - t_task
         release_memory()  # the training steps' freed activations: out of the heap before sampling (sysmem.py)
         model.eval()
-        strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast))
+        strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast, _teacher_source(cfg, ema)))
+        shown = ema.model if ema is not None else model  # the weights that are evaluated, drawn and sampled
 
         if cfg.train.grid_samples > 0 and env.main:
-            grid = ddim_sample(model, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
+            grid = ddim_sample(shown, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
             save_grid(grid, run_dir / "samples" / f"task_{k:02d}.png")
         log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
                    "images_trained": c["images"], "student_images": c["student_images"],
@@ -443,14 +457,14 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                 if not env.main:
                     evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
             t_eval = time.perf_counter()
-            metrics = evaluate_task(model, schedule, data, k, cfg.eval, evaluator, device, autocast, env)
+            metrics = evaluate_task(shown, schedule, data, k, cfg.eval, evaluator, device, autocast, env)
             if env.main:
                 metrics["eval_s"] = time.perf_counter() - t_eval
                 log.write({"event": "eval", "task": k, **metrics})
                 write_eval_csv(run_dir)
             release_memory()
         _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
-              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env)
+              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env, ema=ema)
     if last_task < len(data.tasks):  # stopped early on request (stop_after): no "done" line, resumable
         if start_task < last_task:
             log.write({"event": "stopped", "task": last_task - 1, "wall_s": time.perf_counter() - t_run})
@@ -460,10 +474,26 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
     return run_dir
 
 
+def _teacher_source(cfg: Config, ema):
+    """The weights a task's teacher is frozen from: the EMA (train.ema_teacher) or, with None, the student's."""
+    return ema.model if ema is not None and cfg.train.ema_teacher else None
+
+
+def _mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """The mean squared error; with per-sample weights w (N,), the mean over samples of w_i * MSE_i."""
+    if w is None:
+        return F.mse_loss(pred, target)
+    return (w * ((pred - target) ** 2).flatten(1).mean(1)).mean()
+
+
 def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
-               run_dir=None, step=0, env: DistEnv | None = None, micro_batches: int = 1) -> dict | None:
+               run_dir=None, step=0, env: DistEnv | None = None, micro_batches: int = 1,
+               loss_weight=None) -> dict | None:
     """One optimizer step on real images x0 (B, C, H, W) in [-1, 1]; returns losses and image counts,
     or None when the loss was not finite and nan_policy is 'skip'.
+
+    ``loss_weight``: None (every timestep weighs the same, the paper) or a function of the timesteps (N,)
+    giving per-sample weights (train.loss_weighting), applied to the real and the replay MSE alike.
 
     ``model`` may be the DDP wrapper (it is called once, for the student forward); the strategy's
     penalty and after_step see the module itself.
@@ -479,17 +509,20 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
         inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
     if micro_batches > 1:
         return _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip,
-                           nan_policy, run_dir, step, env, micro_batches)
+                           nan_policy, run_dir, step, env, micro_batches, loss_weight)
     with autocast():
         out = model(inputs, tt)
     out = out.float()
-    loss_real = F.mse_loss(out[: len(x0)], eps)
+    w_t = loss_weight(tt) if loss_weight is not None else None
+    loss_real = _mse(out[: len(x0)], eps, w_t[: len(x0)] if w_t is not None else None)
     w_real, w_replay = strategy.loss_weights(k, replay is not None)
     loss = w_real * loss_real
     loss_replay = torch.zeros((), device=device)
     if replay is not None:
-        pred = out[len(x0):] if replay.x is not None else out[: len(x0)]
-        loss_replay = F.mse_loss(pred, replay.target)
+        on_replay = replay.x is not None
+        pred = out[len(x0):] if on_replay else out[: len(x0)]
+        w_rep = None if w_t is None else (w_t[len(x0):] if on_replay else w_t[: len(x0)])
+        loss_replay = _mse(pred, replay.target, w_rep)
         loss = loss + w_replay * loss_replay
     pen = strategy.penalty(base)
     if pen is not None:
@@ -525,7 +558,7 @@ def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_stud
 
 
 def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
-                run_dir, step, env, micro) -> dict | None:
+                run_dir, step, env, micro, loss_weight=None) -> dict | None:
     """train_step's forward and backward in `micro` slices of the student batch: the same loss and gradients
     (up to float rounding: GroupNorm has no batch statistics) with the activations of one slice at a time."""
     n_real, n = len(x0), len(inputs)
@@ -537,6 +570,15 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
     tot_rep = torch.zeros((), device=x0.device)
     tot_pen = torch.zeros((), device=x0.device)
     cuts = [round(i * n / micro) for i in range(micro + 1)]
+    w_t = loss_weight(tt) if loss_weight is not None else None
+
+    def sq(diff: torch.Tensor, lo: int) -> torch.Tensor:
+        """Summed squared error of rows lo.. of the student batch (weighted per sample with a loss weighting)."""
+        e = diff ** 2
+        if w_t is None:
+            return e.sum()
+        return (w_t[lo:lo + len(e)].view(-1, *([1] * (e.dim() - 1))) * e).sum()
+
     for i in range(micro):
         a, b = cuts[i], cuts[i + 1]
         if a == b:
@@ -547,15 +589,15 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
                 out = model(inputs[a:b], tt[a:b])
             out = out.float()
             r_end = min(b, n_real)
-            part_real = ((out[: max(0, r_end - a)] - eps[a:r_end]) ** 2).sum() / (n_real * d) if a < n_real \
+            part_real = sq(out[: max(0, r_end - a)] - eps[a:r_end], a) / (n_real * d) if a < n_real \
                 else out.new_zeros(())
             part_rep = out.new_zeros(())
             if replay is not None:
                 if on_real and a < n_real:
-                    part_rep = ((out[: r_end - a] - replay.target[a:r_end]) ** 2).sum() / (n_real * d)
+                    part_rep = sq(out[: r_end - a] - replay.target[a:r_end], a) / (n_real * d)
                 elif not on_real and b > n_real:
                     lo = max(a, n_real)
-                    part_rep = ((out[lo - a:] - replay.target[lo - n_real:b - n_real]) ** 2).sum() / ((n - n_real) * d)
+                    part_rep = sq(out[lo - a:] - replay.target[lo - n_real:b - n_real], lo) / ((n - n_real) * d)
             loss = w_real * part_real + w_replay * part_rep
             if i == 0:
                 pen = strategy.penalty(base)
@@ -571,7 +613,7 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
 
 
 def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
-          task_state: dict | None = None, env: DistEnv | None = None) -> None:
+          task_state: dict | None = None, env: DistEnv | None = None, ema=None) -> None:
     """Write a checkpoint (rank 0; with several ranks a collective: all call it, all leave together)."""
     rng = _rng_state(gen, data_gen, env)
     if env is not None and not env.main:
@@ -581,6 +623,8 @@ def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: d
              "optimizer": opt.state_dict() if opt is not None else {}, "rng": rng}
     if clf is not None:
         state["classifier"] = clf.state_dict()
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     if task_state is not None:
         state["task"] = task_state
     name = f"task_{where['task']:02d}" if extra.get("complete", True) else \
@@ -648,6 +692,7 @@ def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSch
     cfg = config_from_dict(meta["config"])
     from .data import DATASETS
     model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention)
-    model.load_state_dict(state["model"])
+    # a run with an EMA (train.ema_decay) is evaluated and sampled with the EMA weights, so they are what it gives
+    model.load_state_dict(state["ema"] if "ema" in state else state["model"])
     model.to(device).eval()
     return model, NoiseSchedule.from_config(cfg.model, device), cfg, meta

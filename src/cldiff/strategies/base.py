@@ -49,6 +49,8 @@ class TaskContext:
     schedule: NoiseSchedule
     device: torch.device
     autocast: Callable = contextlib.nullcontext
+    # the weights a teacher is frozen from, when not the student's own (train.ema_teacher: the EMA of the weights)
+    teacher_source: torch.nn.Module | None = None
 
 
 @dataclass
@@ -134,7 +136,7 @@ class TeacherStrategy(Strategy):
 
     def end_task(self, model, ctx) -> None:
         # Refreshed once per task, never during one (PROTOCOL.md section 3).
-        self.teacher = frozen_copy(model)
+        self.teacher = frozen_copy(ctx.teacher_source if ctx.teacher_source is not None else model)
         # Under bf16 autocast the teacher keeps bf16 weights: autocast would round its convolution and linear
         # weights to bf16 at every forward anyway; stored once, the casts go (measured with `cldiff bench
         # --ablation`), and the output differs from the fp32-weight teacher's by about as much as autocast's
