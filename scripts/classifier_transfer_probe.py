@@ -37,9 +37,10 @@ from cldiff.checkpoint import list_checkpoints
 from cldiff.classifier import SolverNet, kd_loss, task_accuracies
 from cldiff.config import GENERATION_BATCH, load_config
 from cldiff.data import ContinualData
-from cldiff.evaluate import generate, get_evaluator
+from cldiff.evaluate import get_evaluator
+from cldiff.model import generate
 from cldiff.model import autocast_for
-from cldiff.train import load_model
+from cldiff.runfolder import load_model
 
 
 def train(net, iters, batch_fn, lr, autocast):

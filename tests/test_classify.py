@@ -33,7 +33,7 @@ def _evals(run):
 
 def test_classify_replays_from_the_previous_tasks_checkpoint(run3, monkeypatch):
     import cldiff.classifier as C
-    import cldiff.train as T
+    import cldiff.runfolder as T
     loaded = []
     orig_load = T.load_model
 

@@ -95,7 +95,7 @@ def test_two_ranks_stay_identical_replay_differs_eval_gathered(fake_fmnist, tmp_
     from cldiff.config import load_config
     from cldiff.data import ContinualData
     from cldiff.evaluate import evaluate_task
-    from cldiff.train import load_model
+    from cldiff.runfolder import load_model
     model, schedule, cfg, _ = load_model(run)
     one = evaluate_task(model, schedule, ContinualData.from_config(cfg), 1, cfg.eval, fmnist_evaluator, "cpu",
                         __import__("contextlib").nullcontext)

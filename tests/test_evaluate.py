@@ -96,7 +96,7 @@ def test_evaluator_training_is_deterministic():
 
 def test_image_set_specs(tmp_path):
     from PIL import Image
-    from cldiff.evaluate import load_image_set
+    from cldiff.data import load_image_set
     x, ds, cls = load_image_set("synthetic:test:classes=0,3")
     assert ds == "synthetic" and cls == [0, 3] and x.shape[1:] == (1, 32, 32)
     arr = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
@@ -166,7 +166,7 @@ def test_generation_batch_changes_neither_the_noise_nor_the_samples():
 
     import torch
 
-    from cldiff.evaluate import generate
+    from cldiff.model import generate
     from cldiff.model import EpsModel, NoiseSchedule
     torch.manual_seed(0)
     m = EpsModel("tiny").eval()

@@ -1,6 +1,5 @@
 """The training recipe (docs/recipe.md): EMA of the weights, the learning-rate schedule, min-SNR weighting."""
 import contextlib
-import math
 
 import pytest
 import torch
@@ -9,7 +8,8 @@ from cldiff.checkpoint import load_checkpoint_file
 from cldiff.config import ConfigError, load_config
 from cldiff.model import EpsModel, NoiseSchedule
 from cldiff.recipe import EMA, ema_decay_at, lr_at
-from cldiff.train import _mse, load_model, train, train_step
+from cldiff.runfolder import load_model
+from cldiff.train import _mse, train, train_step
 
 from conftest import CONFIGS, smoke_overrides
 

@@ -148,3 +148,20 @@ def test_teacher_is_bf16_under_bf16_autocast_and_resumes_in_its_dtype(model):
     # full precision keeps an fp32 teacher
     st.end_task(model, TaskContext(0, None, [], NoiseSchedule(), torch.device("cpu")))
     assert all(p.dtype == torch.float32 for p in st.teacher.parameters())
+
+
+def test_every_replaying_strategy_declares_lambda_and_the_loss_uses_it():
+    from cldiff.strategies import REGISTRY, ReplayStrategy, validate_strategy
+    replaying = [n for n, c in REGISTRY.items() if issubclass(c, ReplayStrategy)]
+    assert set(replaying) >= {"generative_replay", "generative_distillation", "lwf_distillation",
+                              "gaussian_distillation", "partial_generation_distillation", "experience_replay"}
+    for name in replaying:
+        assert any("lam: must be >= 0" in p for p in validate_strategy({"name": name, "lam": -1.0})), name
+        st = build_strategy({"name": name, "lam": 3.0})
+        w_real, w_replay = st.loss_weights(2, True)
+        assert (w_real, w_replay) == (pytest.approx(1 / 3), pytest.approx(2 / 3 * 3.0)), name
+        assert st.loss_weights(2, False) == (1.0, 0.0)
+    for name in set(REGISTRY) - set(replaying):  # no lambda to set, and replaying without one is an error
+        assert any("unknown field" in p for p in validate_strategy({"name": name, "lam": 1.0})), name
+        with pytest.raises(TypeError, match="ReplayStrategy"):
+            build_strategy({"name": name}).loss_weights(1, True)

@@ -147,7 +147,7 @@ def test_cli_tasks_stops_after_n_tasks_and_resume_continues_as_the_uninterrupted
 def test_existing_run_needs_resume(fake_fmnist, tmp_path):
     cfg = _cfg(fake_fmnist, "data.num_tasks=1")
     train(cfg, out=str(tmp_path / "r"), progress=False)
-    from cldiff.train import RunError
+    from cldiff.runfolder import RunError
     with pytest.raises(RunError, match="--resume"):
         train(cfg, out=str(tmp_path / "r"), progress=False)
 
@@ -176,7 +176,7 @@ def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, t
     recs = [json.loads(x) for x in (shared / "metrics.jsonl").read_text().splitlines()]
     assert any(r["event"] == "shared" for r in recs)
     # a run whose task 0 differs is refused
-    from cldiff.train import RunError
+    from cldiff.runfolder import RunError
     with pytest.raises(RunError, match="train.lr"):
         train(_cfg(fake_fmnist, "train.lr=0.001", f"train.init_from={gd}"), out=str(tmp_path / "x"), progress=False)
     # settings that do not change the computation may differ (mid-task checkpoints, attention kernel, threads,
@@ -236,7 +236,7 @@ def test_micro_batches_give_the_same_step(name):
 
 
 def test_resume_refuses_settings_that_change_the_computation_and_keeps_the_run(fake_fmnist, tmp_path):
-    from cldiff.train import RunError
+    from cldiff.runfolder import RunError
     out = tmp_path / "r"
     train(_cfg(fake_fmnist, "data.num_tasks=1"), out=str(out), progress=False)
     saved = (out / "config.yaml").read_text()

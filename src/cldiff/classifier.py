@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GENERATION_BATCH
-from .evaluate import generate
+from .model import generate
 
 
 class SolverNet(nn.Module):

@@ -50,7 +50,7 @@ def classify_run(run_dir: str | Path, overrides: list[str] | None = None, thread
     from .classifier import ContinualClassifier
     from .data import ContinualData
     from .model import NoiseSchedule, autocast_for
-    from .train import load_model
+    from .runfolder import load_model
 
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir, overrides or [])

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print("cldiff: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # RunError / TrainingDiverged have their own codes
-        from .train import Interrupted, RunError, TrainingDiverged
+        from .runfolder import RunError
+        from .train import Interrupted, TrainingDiverged
         if isinstance(e, Interrupted):
             print(f"cldiff: {e}", file=sys.stderr)
             return 130
@@ -182,7 +183,8 @@ def _dispatch(args, parser) -> int:
             print(f"classifier results: {out}")
         return 0
     if args.cmd == "fid":
-        from .evaluate import feature_stats, frechet_distance, get_evaluator, inception_fid, load_image_set
+        from .data import load_image_set
+        from .evaluate import feature_stats, frechet_distance, get_evaluator, inception_fid
         if args.inception_weights and not Path(args.inception_weights).is_file():
             inception_fid(None, None, args.inception_weights)  # raises the clear error before any work
         ev = get_evaluator(args.dataset)
@@ -233,9 +235,8 @@ def _sample(args) -> int:
 
     from .data import save_grid, to_uint8
     from .config import GENERATION_BATCH
-    from .evaluate import generate
-    from .model import autocast_for
-    from .train import load_model
+    from .model import autocast_for, generate
+    from .runfolder import load_model
 
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
@@ -258,7 +259,7 @@ def _evaluate(args) -> int:
     from .data import ContinualData
     from .evaluate import evaluate_task, get_evaluator
     from .model import autocast_for
-    from .train import load_model
+    from .runfolder import load_model
 
     run = Path(args.run)
     metas = [m for m in list_checkpoints(run) if args.task is None or m.get("task") == args.task]

@@ -8,16 +8,15 @@ in one round trip. The CLI turns that error into exit status 2, no traceback.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .schema import build
 
 
 class ConfigError(ValueError):
@@ -161,80 +160,6 @@ class Config:
 # --------------------------------------------------------------------------- loading
 
 
-def _yaml_float(value: Any) -> Any:
-    """PyYAML (YAML 1.1) reads `1e-3` as a string; accept it as the float every user means."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _accepts_float(tp: Any) -> bool:
-    return tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp))
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if tp is dict or origin is dict:
-        return isinstance(value, dict)
-    if tp is list or origin is list:
-        return isinstance(value, list)
-    return isinstance(value, tp) if isinstance(tp, type) else True
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _unknown(key: str, allowed: list[str], where: str) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"{where}{key}: unknown key{hint}; allowed: {', '.join(allowed)}"
-
-
-def _build(cls: type, raw: Any, where: str, problems: list[str]):
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        problems.append(f"{where.rstrip('.') or 'config'}: expected a mapping, got {type(raw).__name__}")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            problems.append(_unknown(str(key), names, where))
-            continue
-        tp = hints[key]
-        if _accepts_float(tp):
-            value = _yaml_float(value)
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{where}{key}.", problems)
-        elif not _type_ok(value, tp):
-            problems.append(f"{where}{key}: expected {_type_name(tp)}, got {value!r}")
-        else:
-            kwargs[key] = float(value) if tp is float and isinstance(value, int) else value
-    return cls(**kwargs)
-
-
 def _check_ranges(cfg: Config, problems: list[str]) -> None:
     from .data import DATASETS, resolve_class_order
     from .model import PRESETS
@@ -315,7 +240,7 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
 def config_from_dict(raw: Any) -> Config:
     """Build and validate a Config; raise ConfigError listing every problem."""
     problems: list[str] = []
-    cfg = _build(Config, raw, "", problems)
+    cfg = build(Config, raw, "", problems)
     _check_ranges(cfg, problems)  # on what did parse: every problem in one report
     if problems:
         raise ConfigError(problems)

@@ -412,3 +412,65 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, pad: in
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
+
+
+def load_image_set(spec: str, root: str | None = None) -> tuple[torch.Tensor, str | None, list | None]:
+    """Images (N, C, 32, 32) in [-1, 1] from a PNG folder, an .npz/.npy array or a data set spec.
+
+    Data set spec: ``fmnist:test:classes=0,1`` (split train|test; classes optional).
+    Arrays: uint8 in [0, 255] (N, H, W) / (N, H, W, C) / (N, C, H, W), or float in [-1, 1].
+    Returns (images, dataset or None, classes or None).
+    """
+    names = {"fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic", "mnist": "mnist",
+             "cifar10": "cifar10"}
+    head = spec.split(":", 1)[0]
+    if head in names and not Path(spec).exists():
+        parts = spec.split(":")
+        dataset = names[head]
+        split = parts[1] if len(parts) > 1 else "test"
+        if split not in ("train", "test"):
+            raise ValueError(f"{spec!r}: split must be train or test, got {split!r}")
+        classes = list(range(DATASETS[dataset].num_classes))
+        for p in parts[2:]:
+            if p.startswith("classes="):
+                try:
+                    classes = [int(c) for c in p[len("classes="):].split(",") if c != ""]
+                except ValueError:
+                    raise ValueError(f"{spec!r}: classes must be comma-separated integers") from None
+            else:
+                raise ValueError(f"{spec!r}: unknown option {p!r}; expected classes=0,1,...")
+        data = ContinualData(dataset, [tuple(classes)], root)
+        x, _ = data.test(classes) if split == "test" else data.train(classes)
+        return x, dataset, classes
+    p = Path(spec)
+    if not p.exists():
+        raise ValueError(f"{spec!r} is neither a file, a folder nor a data set spec like fmnist:test:classes=0,1")
+    if p.is_dir():
+        from PIL import Image
+        files = sorted(list(p.glob("*.png")) + list(p.glob("*.PNG")))
+        if not files:
+            raise ValueError(f"{p}: no PNG files in this folder")
+        arr = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
+        return to_model_range(arr), None, None
+    if p.suffix == ".npz":
+        z = np.load(p)
+        keys = list(z.keys())
+        arr = z["images"] if "images" in keys else z[keys[0]]
+    elif p.suffix == ".npy":
+        arr = np.load(p)
+    else:
+        raise ValueError(f"{p}: expected a folder of PNGs, an .npz or .npy file")
+    if arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.transpose(0, 3, 1, 2)
+    if arr.dtype == np.uint8:
+        return to_model_range(arr), None, None
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.min() < -1.0001 or arr.max() > 1.0001:
+            raise ValueError(f"{p}: float images must be in [-1, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
+                             "save uint8 in [0, 255] instead")
+        x = torch.as_tensor(arr, dtype=torch.float32)
+        x = x.unsqueeze(1) if x.ndim == 3 else x
+        if x.shape[-1] != 32:
+            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
+        return x, None, None
+    raise ValueError(f"{p}: unsupported array dtype {arr.dtype}; use uint8 in [0, 255] or float in [-1, 1]")

@@ -9,7 +9,6 @@ paper's Inception FID.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -25,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import atomic_write_bytes
-from .model import autocast_for, ddim_sample
+from .model import autocast_for, generate
 
 PREPROCESS_VERSION = "resize32-bilinear-aa-v1"  # bump when to_model_range changes
 TAGS = {"fashion_mnist": "fmnist", "synthetic": "synthetic", "mnist": "mnist", "cifar10": "cifar10"}
@@ -279,30 +278,6 @@ def real_stats(evaluator: Evaluator, dataset: str, split: str, classes, root=Non
     return mu, sigma, hist
 
 
-def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: int, device, autocast,
-             shape=(1, 32, 32), shard: tuple[int, int] | None = None):
-    """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device).
-
-    ``shard=(rank, world)``: generate only the batches ``rank, rank + world, ...`` and return
-    ``(indices, samples)``. Every rank draws every batch's starting noise, so with eta = 0 the union of
-    the shards is exactly the unsharded set; the eta > 0 noise then comes from a per-rank generator.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    gen_eta = gen if shard is None else torch.Generator().manual_seed(seed + 1 + shard[0])
-    out, idx = [], []
-    for j, i in enumerate(range(0, n, batch)):
-        m = min(batch, n - i)
-        z = torch.randn((m, *shape), generator=gen)
-        if shard is not None and j % shard[1] != shard[0]:
-            continue
-        out.append(ddim_sample(model, schedule, z.to(device), steps, eta, gen_eta, autocast).cpu())
-        idx.append(torch.arange(i, i + m))
-    samples = torch.cat(out) if out else torch.zeros((0, *shape))
-    if shard is None:
-        return samples
-    return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)), samples
-
-
 def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, device, autocast, env=None) -> dict | None:
     """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram.
 
@@ -346,27 +321,6 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
             "evaluator_sha256": evaluator.sha256[:16]}
 
 
-def write_eval_csv(run_dir: Path) -> Path:
-    """eval.csv from the eval lines of metrics.jsonl (one row per task)."""
-    from .train import MetricsLog
-
-    rows = [r for r in MetricsLog(Path(run_dir) / "metrics.jsonl").read() if r.get("event") == "eval"]
-    path = Path(run_dir) / "eval.csv"
-    if not rows:
-        return path
-    fid_keys = sorted({k for r in rows for k in r if k.startswith("fid_")})
-    n_cls = len(rows[0]["hist_pred"])
-    header = ["task", *fid_keys, "kld", "ard", "n_samples", "eval_s"] + [f"pred_{c}" for c in range(n_cls)]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(header)
-    for r in rows:
-        w.writerow([r["task"], *[r.get(k) for k in fid_keys], r["kld"], r["ard"], r["n_samples"], r.get("eval_s")]
-                   + r["hist_pred"])
-    atomic_write_bytes(path, buf.getvalue().encode())
-    return path
-
-
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path) -> float:
     """Inception-v3 FID (torchmetrics) from a *local* weights file; never downloads.
 
@@ -398,67 +352,3 @@ def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Pa
 
 
 # --------------------------------------------------------------------------- image sets for `cldiff fid`
-
-
-def load_image_set(spec: str, root: str | None = None) -> tuple[torch.Tensor, str | None, list | None]:
-    """Images (N, C, 32, 32) in [-1, 1] from a PNG folder, an .npz/.npy array or a data set spec.
-
-    Data set spec: ``fmnist:test:classes=0,1`` (split train|test; classes optional).
-    Arrays: uint8 in [0, 255] (N, H, W) / (N, H, W, C) / (N, C, H, W), or float in [-1, 1].
-    Returns (images, dataset or None, classes or None).
-    """
-    from .data import DATASETS, ContinualData, to_model_range
-
-    names = {"fmnist": "fashion_mnist", "fashion_mnist": "fashion_mnist", "synthetic": "synthetic", "mnist": "mnist",
-             "cifar10": "cifar10"}
-    head = spec.split(":", 1)[0]
-    if head in names and not Path(spec).exists():
-        parts = spec.split(":")
-        dataset = names[head]
-        split = parts[1] if len(parts) > 1 else "test"
-        if split not in ("train", "test"):
-            raise ValueError(f"{spec!r}: split must be train or test, got {split!r}")
-        classes = list(range(DATASETS[dataset].num_classes))
-        for p in parts[2:]:
-            if p.startswith("classes="):
-                try:
-                    classes = [int(c) for c in p[len("classes="):].split(",") if c != ""]
-                except ValueError:
-                    raise ValueError(f"{spec!r}: classes must be comma-separated integers") from None
-            else:
-                raise ValueError(f"{spec!r}: unknown option {p!r}; expected classes=0,1,...")
-        data = ContinualData(dataset, [tuple(classes)], root)
-        x, _ = data.test(classes) if split == "test" else data.train(classes)
-        return x, dataset, classes
-    p = Path(spec)
-    if not p.exists():
-        raise ValueError(f"{spec!r} is neither a file, a folder nor a data set spec like fmnist:test:classes=0,1")
-    if p.is_dir():
-        from PIL import Image
-        files = sorted(list(p.glob("*.png")) + list(p.glob("*.PNG")))
-        if not files:
-            raise ValueError(f"{p}: no PNG files in this folder")
-        arr = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
-        return to_model_range(arr), None, None
-    if p.suffix == ".npz":
-        z = np.load(p)
-        keys = list(z.keys())
-        arr = z["images"] if "images" in keys else z[keys[0]]
-    elif p.suffix == ".npy":
-        arr = np.load(p)
-    else:
-        raise ValueError(f"{p}: expected a folder of PNGs, an .npz or .npy file")
-    if arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
-        arr = arr.transpose(0, 3, 1, 2)
-    if arr.dtype == np.uint8:
-        return to_model_range(arr), None, None
-    if np.issubdtype(arr.dtype, np.floating):
-        if arr.min() < -1.0001 or arr.max() > 1.0001:
-            raise ValueError(f"{p}: float images must be in [-1, 1] (got {arr.min():.3g}..{arr.max():.3g}); "
-                             "save uint8 in [0, 255] instead")
-        x = torch.as_tensor(arr, dtype=torch.float32)
-        x = x.unsqueeze(1) if x.ndim == 3 else x
-        if x.shape[-1] != 32:
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-        return x, None, None
-    raise ValueError(f"{p}: unsupported array dtype {arr.dtype}; use uint8 in [0, 255] or float in [-1, 1]")

@@ -266,6 +266,30 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
     return x
 
 
+def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: int, device, autocast,
+             shape=(1, 32, 32), shard: tuple[int, int] | None = None):
+    """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device).
+
+    ``shard=(rank, world)``: generate only the batches ``rank, rank + world, ...`` and return
+    ``(indices, samples)``. Every rank draws every batch's starting noise, so with eta = 0 the union of
+    the shards is exactly the unsharded set; the eta > 0 noise then comes from a per-rank generator.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    gen_eta = gen if shard is None else torch.Generator().manual_seed(seed + 1 + shard[0])
+    out, idx = [], []
+    for j, i in enumerate(range(0, n, batch)):
+        m = min(batch, n - i)
+        z = torch.randn((m, *shape), generator=gen)
+        if shard is not None and j % shard[1] != shard[0]:
+            continue
+        out.append(ddim_sample(model, schedule, z.to(device), steps, eta, gen_eta, autocast).cpu())
+        idx.append(torch.arange(i, i + m))
+    samples = torch.cat(out) if out else torch.zeros((0, *shape))
+    if shard is None:
+        return samples
+    return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)), samples
+
+
 def predict_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
     """A no-grad eps prediction in float32 (used for teacher targets)."""
     with torch.no_grad(), autocast():

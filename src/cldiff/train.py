@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
-from .config import DISPLAY_ONLY, EXECUTION_ONLY, Config, config_from_dict, save_config
+from .runfolder import MetricsLog, NullLog, RunError, normalised_config, prepare_run_dir, write_eval_csv
+from .config import EXECUTION_ONLY, Config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
 from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
@@ -33,57 +34,8 @@ from .strategies import StepContext, TaskContext, build_strategy
 from .sysmem import peak_rss_mib, release_memory
 
 
-class RunError(RuntimeError):
-    """A run that cannot start or go on for a reason the user can fix."""
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf (exit status 3)."""
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, flushed as it is written."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-
-    def truncate_after(self, task: int, keep=None) -> None:
-        """Keep records of tasks <= ``task`` and those ``keep(record)`` accepts (on resume: no duplicates).
-
-        A last line cut by a crash is dropped.
-        """
-        if not self.path.exists():
-            return
-        out = []
-        for ln in self.path.read_text().splitlines():
-            try:
-                r = json.loads(ln)
-            except json.JSONDecodeError:
-                continue
-            if r.get("task", -1) <= task or (keep is not None and keep(r)):
-                out.append(ln)
-        from .checkpoint import atomic_write_bytes
-        atomic_write_bytes(self.path, "".join(ln + "\n" for ln in out).encode())
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
-
-
-class _NullLog(MetricsLog):
-    """The log of ranks other than 0: they write nothing."""
-
-    def write(self, record: dict) -> None:
-        pass
-
-    def truncate_after(self, task: int, keep=None) -> None:
-        pass
 
 
 def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
@@ -142,57 +94,6 @@ def _restore_rng(rng: dict, gen: torch.Generator, data_gen: torch.Generator, env
         random.setstate((py[0], tuple(py[1]), py[2]))
 
 
-def _normalised(raw: dict) -> dict:
-    """A saved config with today's defaults filled in, so that runs written before a field existed still match."""
-    try:
-        return config_from_dict(raw).to_dict()
-    except Exception:
-        return raw
-
-
-_HOW_IT_RUNS = EXECUTION_ONLY
-_RESUME_FREE = DISPLAY_ONLY
-
-
-def _resume_differences(prev: dict, mine: dict) -> list[str]:
-    """The settings of `mine` that differ from the run's `prev` and would change what a resumed run computes
-    or evaluates, as 'key (run: X, yours: Y)'."""
-    out = []
-    for key in ("seed", "data", "model", "strategy", "train", "eval", "classifier"):
-        a, b = prev.get(key), mine.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key != "strategy":
-            free = _RESUME_FREE.get(key, set())
-            out += [f"{key}.{k} (run: {a.get(k)!r}, yours: {b.get(k)!r})" for k in sorted(set(a) | set(b))
-                    if k not in free and a.get(k) != b.get(k)]
-        elif a != b:
-            out.append(f"{key} (run: {a!r}, yours: {b!r})")
-    return out
-
-
-def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
-    run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
-    has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
-    if has_ck and not resume:
-        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
-                       "folder with --out")
-    if resume and has_ck:
-        old = run_dir / "config.yaml"
-        if old.exists():
-            import yaml
-            prev = _normalised(yaml.safe_load(old.read_text()))
-            differing = _resume_differences(prev, cfg.to_dict())
-            if differing:
-                raise RunError(f"--resume: the config differs from the run in {run_dir} in "
-                               f"{'; '.join(differing)}; resume with the run's settings (its config.yaml), or start "
-                               "a new run folder with --out")
-    if not write:
-        return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "samples").mkdir(exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return run_dir
-
-
 class Interrupted(RuntimeError):
     """Ctrl-C: a checkpoint was written at the current step (exit status 130)."""
 
@@ -246,7 +147,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                        f"the {env.world} ranks; choose a multiple of {env.world}")
     run_dir = prepare_run_dir(cfg, out, resume, write=env.main)
     env.barrier()
-    log = MetricsLog(run_dir / "metrics.jsonl") if env.main else _NullLog(run_dir / "metrics.jsonl")
+    log = MetricsLog(run_dir / "metrics.jsonl") if env.main else NullLog(run_dir / "metrics.jsonl")
     progress = progress and env.main
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -333,7 +234,6 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
               env=env, ema=ema)
         start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
         if cfg.eval.enabled and env.main:
-            from .evaluate import write_eval_csv
             write_eval_csv(run_dir)
     if start_task == 0 and mid is None:
         if env.main:
@@ -448,7 +348,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
                    "teacher_image_forwards": c["teacher_images"], "skipped_nonfinite": c["skipped"],
                    "train_s": train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": peak_rss_mib()})
         if cfg.eval.enabled:
-            from .evaluate import evaluate_task, get_evaluator, write_eval_csv
+            from .evaluate import evaluate_task, get_evaluator
 
             if evaluator is None:
                 if env.main:  # rank 0 trains and caches the evaluator if there is none yet; the others then load it
@@ -655,7 +555,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     if not metas:
         raise RunError(f"train.init_from: {src} has no task-0 checkpoint (keep_checkpoints may have pruned it)")
     state, meta = load_checkpoint_file(Path(metas[-1]["path"]), metas[-1], map_location=device)
-    theirs, mine = _normalised(meta["config"]), cfg.to_dict()
+    theirs, mine = normalised_config(meta["config"]), cfg.to_dict()
     src_strategy = REGISTRY.get(theirs["strategy"]["name"])
     if not (strategy.shares_first_task and src_strategy is not None and src_strategy.shares_first_task):
         raise RunError(f"train.init_from: task 0 of '{theirs['strategy']['name']}' and '{cfg.strategy['name']}' "
@@ -663,7 +563,7 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     for key in ("seed", "data", "model", "classifier"):
         if theirs.get(key) != mine.get(key):
             raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
-    skip = _HOW_IT_RUNS | {"steps_per_task", "epochs_per_task", "first_task_steps"}
+    skip = EXECUTION_ONLY | {"steps_per_task", "epochs_per_task", "first_task_steps"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
     if _task0_budget(theirs["train"]) != _task0_budget(mine["train"]):  # later tasks' budgets may differ
         diff.append("first_task_steps/steps_per_task/epochs_per_task (task 0's budget)")
@@ -673,26 +573,3 @@ def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, 
     if same_metric(theirs.get("eval")) != same_metric(mine.get("eval")):
         raise RunError(f"train.init_from: {src} differs in 'eval'; its task-0 metrics would not be comparable")
     return state, meta
-
-
-def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSchedule, Config, dict]:
-    """The model, schedule and config of a checkpoint file (``.pt``) or a run folder (its latest)."""
-    from .checkpoint import CheckpointError, load_checkpoint_file
-
-    p = Path(checkpoint)
-    if p.is_dir():
-        found = load_latest(p, map_location=device)
-        if found is None:
-            raise CheckpointError(f"{p}: no usable checkpoint in {p / 'checkpoints'}")
-        state, meta = found
-    else:
-        if not p.exists():
-            raise CheckpointError(f"{p}: no such checkpoint file or run folder")
-        state, meta = load_checkpoint_file(p, map_location=device)
-    cfg = config_from_dict(meta["config"])
-    from .data import DATASETS
-    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention)
-    # a run with an EMA (train.ema_decay) is evaluated and sampled with the EMA weights, so they are what it gives
-    model.load_state_dict(state["ema"] if "ema" in state else state["model"])
-    model.to(device).eval()
-    return model, NoiseSchedule.from_config(cfg.model, device), cfg, meta

@@ -93,15 +93,15 @@ class Strategy:
         return None
 
     def loss_weights(self, k: int, has_replay: bool) -> tuple[float, float]:
-        """(weight of the real MSE, weight of the replay MSE).
+        """(weight of the real MSE, weight of the replay MSE): without replay the real MSE alone.
 
-        The paper's weighting with replay: w_k = 1/(k+1);
-        L = w_k MSE(real) + (1 - w_k) lambda MSE(replay).
+        A strategy that replays derives from :class:`ReplayStrategy`, which declares lambda and the paper's
+        weighting; one that returns a replay batch without it is a programming error, said so at once.
         """
-        if not has_replay:
-            return 1.0, 0.0
-        w = 1.0 / (k + 1)
-        return w, (1.0 - w) * float(getattr(self, "lam", 1.0))
+        if has_replay:
+            raise TypeError(f"strategy '{self.name}' returned a replay batch but does not derive from "
+                            "ReplayStrategy, which declares its loss weight lambda")
+        return 1.0, 0.0
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor | None:
         return None
@@ -126,8 +126,25 @@ class Strategy:
 
 
 @dataclass
-class TeacherStrategy(Strategy):
-    """A strategy with a frozen teacher: the model as it was at the end of the previous task."""
+class ReplayStrategy(Strategy):
+    """A strategy with a replay loss; lambda weighs it (docs/protocol.md, "The loss")."""
+
+    lam: float = 1.0  # lambda: weight of the replay loss (paper: GR 1; GD swept 0.1 .. 3.0, 0.75 on CIFAR-10)
+
+    def loss_weights(self, k: int, has_replay: bool) -> tuple[float, float]:
+        """The paper's weighting with replay: w_k = 1/(k+1); L = w_k MSE(real) + (1 - w_k) lambda MSE(replay)."""
+        if not has_replay:
+            return 1.0, 0.0
+        w = 1.0 / (k + 1)
+        return w, (1.0 - w) * float(self.lam)
+
+    def check(self) -> list[str]:
+        return [f"lam: must be >= 0, got {self.lam}"] if self.lam < 0 else []
+
+
+@dataclass
+class TeacherStrategy(ReplayStrategy):
+    """A replay strategy with a frozen teacher: the model as it was at the end of the previous task."""
 
     uses_teacher: ClassVar[bool] = True
 
@@ -167,18 +184,16 @@ def build_strategy(spec: dict) -> Strategy:
 
 
 def validate_strategy(spec) -> list[str]:
-    import difflib
     import typing
 
-    from ..config import _accepts_float, _type_name, _type_ok, _yaml_float
+    from ..schema import accepts_float, did_you_mean, type_name, type_ok, yaml_float
 
     if not isinstance(spec, dict) or "name" not in spec:
         return [f"strategy: expected a mapping with a 'name' (one of {', '.join(sorted(REGISTRY))}), got {spec!r}"]
     name = spec["name"]
     if name not in REGISTRY:
-        close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return [f"strategy.name: unknown strategy {name!r}{hint}; allowed: {', '.join(sorted(REGISTRY))}"]
+        return [f"strategy.name: unknown strategy {name!r}{did_you_mean(str(name), REGISTRY)}; "
+                f"allowed: {', '.join(sorted(REGISTRY))}"]
     cls = REGISTRY[name]
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -186,15 +201,14 @@ def validate_strategy(spec) -> list[str]:
     for key, value in spec.items():
         if key == "name":
             continue
-        if key in hints and _accepts_float(hints[key]):
-            value = spec[key] = _yaml_float(value)
+        if key in hints and accepts_float(hints[key]):
+            value = spec[key] = yaml_float(value)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), sorted(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
             allowed = ", ".join(sorted(fields)) or "none"
-            problems.append(f"strategy.{key}: unknown field for '{name}'{hint}; allowed: {allowed}")
-        elif not _type_ok(value, hints[key]):
-            problems.append(f"strategy.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            problems.append(f"strategy.{key}: unknown field for '{name}'{did_you_mean(str(key), sorted(fields))}; "
+                            f"allowed: {allowed}")
+        elif not type_ok(value, hints[key]):
+            problems.append(f"strategy.{key}: expected {type_name(hints[key])}, got {value!r}")
         else:
             kwargs[key] = value
     if not problems:

@@ -11,10 +11,7 @@ from .base import Replay, StepContext, TeacherStrategy, register
 
 @dataclass
 class _Distill(TeacherStrategy):
-    lam: float = 1.0  # lambda: weight of the distillation loss
-
-    def check(self) -> list[str]:
-        return [f"lam: must be >= 0, got {self.lam}"] if self.lam < 0 else []
+    """Distillation from the teacher on inputs other than GD's (lambda, ``lam``: weight of the distillation loss)."""
 
 
 @register

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Replay, StepContext, Strategy, TaskContext, register
+from .base import Replay, ReplayStrategy, StepContext, TaskContext, register
 
 
 @register
 @dataclass
-class ExperienceReplay(Strategy):
+class ExperienceReplay(ReplayStrategy):
     """Replays B stored real images per minibatch, noised like real data (target: their fresh noise).
 
     At the end of each task the memory is rebuilt so that every class seen so
@@ -21,18 +21,15 @@ class ExperienceReplay(Strategy):
 
     name = "experience_replay"
     memory_size: int = 2000  # images in memory over all past classes
-    lam: float = 1.0  # weight of the replay loss
     balanced: bool = True  # equal share per class; false: keep the first images of each task, equal per task
 
     def __post_init__(self):
         self.memory: dict[int, torch.Tensor] = {}  # class -> images (n, C, H, W)
 
     def check(self) -> list[str]:
-        p = []
+        p = super().check()
         if self.memory_size < 1:
             p.append(f"memory_size: must be >= 1, got {self.memory_size}")
-        if self.lam < 0:
-            p.append(f"lam: must be >= 0, got {self.lam}")
         return p
 
     def end_task(self, model, ctx: TaskContext) -> None:

@@ -23,7 +23,6 @@ from .base import Replay, StepContext, TeacherStrategy, register
 
 @dataclass
 class _TeacherReplay(TeacherStrategy):
-    lam: float = 1.0  # lambda: weight of the replay loss (paper: GR 1; GD swept 0.1 .. 3.0)
     teacher_steps: int = 2  # S: DDIM steps the teacher takes to generate replay (paper: 2; also 10, 100)
     teacher_eta: float = 0.0  # DDIM eta of replay generation (paper: 0)
     # Amortised replay (not the paper's; off by default): every `pool_every` iterations the teacher generates
@@ -37,13 +36,11 @@ class _TeacherReplay(TeacherStrategy):
         self._pool, self._pool_age = None, 0
 
     def check(self) -> list[str]:
-        p = []
+        p = super().check()
         if self.pool_every < 1:
             p.append(f"pool_every: must be >= 1 (1 = replay generated on the fly), got {self.pool_every}")
         if self.pool_size < 0:
             p.append(f"pool_size: must be >= 0 (0 = the batch size), got {self.pool_size}")
-        if self.lam < 0:
-            p.append(f"lam: must be >= 0, got {self.lam}")
         if self.teacher_steps < 1:
             p.append(f"teacher_steps: strategy '{self.name}' needs teacher_steps >= 1, got {self.teacher_steps}")
         if self.teacher_eta < 0:

@@ -1,0 +1,154 @@
+"""The run folder: its metrics log, eval.csv, the checks before a run starts or resumes in it, and its models.
+
+    RUN/config.yaml        the resolved config
+    RUN/metrics.jsonl      one JSON object per line (MetricsLog)
+    RUN/eval.csv           the eval lines as a table (write_eval_csv)
+    RUN/checkpoints/       verified, atomic checkpoints (cldiff.checkpoint)
+    RUN/samples/           the per-task sample grids
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint_file, load_latest
+from .config import DISPLAY_ONLY, Config, config_from_dict, save_config
+from .data import DATASETS
+from .model import EpsModel, NoiseSchedule
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on for a reason the user can fix."""
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, flushed as it is written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def truncate_after(self, task: int, keep=None) -> None:
+        """Keep records of tasks <= ``task`` and those ``keep(record)`` accepts (on resume: no duplicates).
+
+        A last line cut by a crash is dropped.
+        """
+        if not self.path.exists():
+            return
+        out = []
+        for ln in self.path.read_text().splitlines():
+            try:
+                r = json.loads(ln)
+            except json.JSONDecodeError:
+                continue
+            if r.get("task", -1) <= task or (keep is not None and keep(r)):
+                out.append(ln)
+        atomic_write_bytes(self.path, "".join(ln + "\n" for ln in out).encode())
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+class NullLog(MetricsLog):
+    """The log of ranks other than 0: they write nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def truncate_after(self, task: int, keep=None) -> None:
+        pass
+
+
+def write_eval_csv(run_dir: Path) -> Path:
+    """eval.csv from the eval lines of metrics.jsonl (one row per task)."""
+    rows = [r for r in MetricsLog(Path(run_dir) / "metrics.jsonl").read() if r.get("event") == "eval"]
+    path = Path(run_dir) / "eval.csv"
+    if not rows:
+        return path
+    fid_keys = sorted({k for r in rows for k in r if k.startswith("fid_")})
+    n_cls = len(rows[0]["hist_pred"])
+    header = ["task", *fid_keys, "kld", "ard", "n_samples", "eval_s"] + [f"pred_{c}" for c in range(n_cls)]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in rows:
+        w.writerow([r["task"], *[r.get(k) for k in fid_keys], r["kld"], r["ard"], r["n_samples"], r.get("eval_s")]
+                   + r["hist_pred"])
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
+
+
+def normalised_config(raw: dict) -> dict:
+    """A saved config with today's defaults filled in, so that runs written before a field existed still match."""
+    try:
+        return config_from_dict(raw).to_dict()
+    except Exception:
+        return raw
+
+
+def resume_differences(prev: dict, mine: dict) -> list[str]:
+    """The settings of `mine` that differ from the run's `prev` and would change what a resumed run computes
+    or evaluates, as 'key (run: X, yours: Y)'."""
+    out = []
+    for key in ("seed", "data", "model", "strategy", "train", "eval", "classifier"):
+        a, b = prev.get(key), mine.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "strategy":
+            free = DISPLAY_ONLY.get(key, set())
+            out += [f"{key}.{k} (run: {a.get(k)!r}, yours: {b.get(k)!r})" for k in sorted(set(a) | set(b))
+                    if k not in free and a.get(k) != b.get(k)]
+        elif a != b:
+            out.append(f"{key} (run: {a!r}, yours: {b!r})")
+    return out
+
+
+def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
+    run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
+    has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
+    if has_ck and not resume:
+        raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
+                       "folder with --out")
+    if resume and has_ck:
+        old = run_dir / "config.yaml"
+        if old.exists():
+            prev = normalised_config(yaml.safe_load(old.read_text()))
+            differing = resume_differences(prev, cfg.to_dict())
+            if differing:
+                raise RunError(f"--resume: the config differs from the run in {run_dir} in "
+                               f"{'; '.join(differing)}; resume with the run's settings (its config.yaml), or start "
+                               "a new run folder with --out")
+    if not write:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return run_dir
+
+
+def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSchedule, Config, dict]:
+    """The model, schedule and config of a checkpoint file (``.pt``) or a run folder (its latest)."""
+    p = Path(checkpoint)
+    if p.is_dir():
+        found = load_latest(p, map_location=device)
+        if found is None:
+            raise CheckpointError(f"{p}: no usable checkpoint in {p / 'checkpoints'}")
+        state, meta = found
+    else:
+        if not p.exists():
+            raise CheckpointError(f"{p}: no such checkpoint file or run folder")
+        state, meta = load_checkpoint_file(p, map_location=device)
+    cfg = config_from_dict(meta["config"])
+    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention)
+    # a run with an EMA (train.ema_decay) is evaluated and sampled with the EMA weights, so they are what it gives
+    model.load_state_dict(state["ema"] if "ema" in state else state["model"])
+    model.to(device).eval()
+    return model, NoiseSchedule.from_config(cfg.model, device), cfg, meta
