@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The classifier (PROTOCOL.md section 5) on a finished run with other classifier settings, without touching the
+# The classifier (docs/protocol.md §5) on a finished run with other classifier settings, without touching the
 # run's own classifier results (README, "The classifier"):
 #   bash scripts/classifier_probe.sh RUN_FOLDER TASKS PROBE_FOLDER [--set classifier.KEY=VALUE ...]
 #   bash scripts/classifier_probe.sh runs/split_fmnist_cpu/generative_distillation_seed42 5 \

@@ -1,6 +1,6 @@
 """Does a classifier distilled on a run's generated images work on real ones? (README, "The classifier").
 
-The classifier protocol (PROTOCOL.md section 5) keeps an earlier task only through distillation on replayed
+The classifier protocol (docs/protocol.md §5) keeps an earlier task only through distillation on replayed
 images. This probe isolates that step on task 0, without any new task to interfere:
 
 1. teacher: the protocol's classifier trained on real task-0 images (same net, batch and lr as the run; 5 epochs, as in the README);

@@ -20,16 +20,15 @@ args = sys.argv[sys.argv.index("--") + 1:]
 rank = int(os.environ["RANK"])
 rec.mkdir(parents=True, exist_ok=True)
 
-_save = tr._save
+_save = tr.Run.save
 
 
-def save(run_dir, cfg, data, model, *a, **kw):
-    _save(run_dir, cfg, data, model, *a, **kw)
-    where = a[5]
-    torch.save(model.state_dict(), rec / f"params_rank{rank}_task{where['task']}_step{where['step']}.pt")
+def save(self, where, *a, **kw):
+    _save(self, where, *a, **kw)
+    torch.save(self.model.state_dict(), rec / f"params_rank{rank}_task{where['task']}_step{where['step']}.pt")
 
 
-tr._save = save
+tr.Run.save = save
 _replay = GenerativeDistillation.replay
 
 

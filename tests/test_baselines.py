@@ -1,4 +1,4 @@
-"""Replay inputs, targets and gradients of the strategies beyond GR / GD (PROTOCOL.md section 3)."""
+"""Replay inputs, targets and gradients of the strategies beyond GR / GD (docs/protocol.md §3)."""
 import pytest
 import torch
 

@@ -22,14 +22,19 @@ def test_gd_flops_are_gr_flops_plus_one_teacher_forward():
 
 
 def test_table_mentions_every_strategy():
+    from cldiff.strategies import REGISTRY
+    rows = [{"strategy": name, "s_per_iter": 0.1 * (i + 1), "img_per_s": 40, "student_img_per_s": 40,
+             "flops_per_iter": 1e9, "flops_per_s": 1e10, "frac_bf16_peak": 0.01, "peak_rss_mib": 300}
+            for i, name in enumerate(sorted(REGISTRY))]
     res = {"preset": "tiny", "batch": 4, "precision": "fp32", "threads": 1, "torch": "x",
-           "peak": {"bfloat16": 1e12, "float32": 5e11},
-           "strategies": [{"strategy": "naive", "s_per_iter": 0.1, "img_per_s": 40, "student_img_per_s": 40,
-                           "flops_per_iter": 1e9, "flops_per_s": 1e10, "frac_bf16_peak": 0.01, "peak_rss_mib": 300}],
+           "peak": {"bfloat16": 1e12, "float32": 5e11}, "strategies": rows,
            "generation": {"steps": 10, "batch": 8, "generation_img_per_s": 5, "forward_img_per_s": 50,
                           "peak_rss_mib": 300}, "gd_cost_over_gr": 1.1}
     t = format_table(res)
-    assert "naive" in t and "1.00 TFLOP/s" in t and "1.10" in t
+    lines = t.splitlines()
+    for row in rows:  # one line per strategy, with its own time per iteration
+        assert any(row["strategy"] in ln and f"{row['s_per_iter']:.2f}" in ln for ln in lines), row["strategy"]
+    assert "1.00 TFLOP/s" in t and "1.10" in t
 
 
 def test_replay_pool_flops_count_the_amortised_generation():

@@ -53,6 +53,20 @@ def test_cli_config_error_exit_2_without_traceback(tmp_path):
 
 
 def test_cli_help_on_every_subcommand():
-    for sub in ([], ["train"], ["sample"], ["evaluate"], ["fid"], ["report"], ["evaluator"]):
+    import argparse
+
+    from cldiff.cli import _parser
+    # every subcommand the parser has (not a list kept by hand), nested ones too
+    subs, todo = [], [([], _parser())]
+    while todo:
+        path, p = todo.pop()
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, child in a.choices.items():
+                    subs.append(path + [name])
+                    todo.append((path + [name], child))
+    assert {"train", "sample", "evaluate", "classify", "fid", "report", "sweep", "bench", "evaluator"} <= \
+        {s[0] for s in subs}
+    for sub in [[]] + subs:
         r = subprocess.run([sys.executable, "-m", "cldiff", *sub, "--help"], capture_output=True, text=True)
-        assert r.returncode == 0 and "usage: cldiff" in r.stdout
+        assert r.returncode == 0 and "usage: cldiff" in r.stdout, sub

@@ -92,7 +92,7 @@ def test_two_ranks_stay_identical_replay_differs_eval_gathered(fake_fmnist, tmp_
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [e["task"] for e in evals] == [0, 1]
     assert all(e["n_samples"] == 40 and e["ranks"] == 2 for e in evals)
-    from cldiff.config import load_config
+
     from cldiff.data import ContinualData
     from cldiff.evaluate import evaluate_task
     from cldiff.runfolder import load_model

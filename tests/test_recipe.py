@@ -9,7 +9,7 @@ from cldiff.config import ConfigError, load_config
 from cldiff.model import EpsModel, NoiseSchedule
 from cldiff.recipe import EMA, ema_decay_at, lr_at
 from cldiff.runfolder import load_model
-from cldiff.train import _mse, train, train_step
+from cldiff.train import slice_losses, train, train_step
 
 from conftest import CONFIGS, smoke_overrides
 
@@ -65,13 +65,23 @@ def test_min_snr_weights_under_zero_terminal_snr():
     assert w[0] < 0.01 and bool((w[1:] >= w[:-1]).all())  # clean steps turned down, weights rise with t
 
 
-def test_weighted_mse_is_the_mean_of_weighted_sample_mses():
+def test_slice_losses_are_the_branch_mses_and_weighted_means():
+    from cldiff.strategies import Replay
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, 1, 3, 3, generator=g)
-    w = torch.tensor([1.0, 0.5, 0.0, 2.0])
-    per = ((a - b) ** 2).flatten(1).mean(1)
-    assert torch.allclose(_mse(a, b, w), (w * per).mean())
-    assert torch.equal(_mse(a, b, None), torch.nn.functional.mse_loss(a, b))
+    out, eps, target = (torch.randn(n, 1, 3, 3, generator=g) for n in (6, 4, 2))
+    replay = Replay(target=target, x=torch.zeros(2, 1, 3, 3), t=torch.zeros(2, dtype=torch.long))
+    real, rep = slice_losses(out, 0, 6, eps, replay, None, 6)
+    assert torch.allclose(real, torch.nn.functional.mse_loss(out[:4], eps))
+    assert torch.allclose(rep, torch.nn.functional.mse_loss(out[4:], target))
+    parts = [slice_losses(out[a:b], a, b, eps, replay, None, 6) for a, b in ((0, 3), (3, 5), (5, 6))]
+    assert torch.allclose(sum(p[0] for p in parts), real) and torch.allclose(sum(p[1] for p in parts), rep)
+    w = torch.tensor([1.0, 0.5, 0.0, 2.0, 3.0, 0.25])
+    real_w, rep_w = slice_losses(out, 0, 6, eps, replay, w, 6)
+    per = ((out - torch.cat([eps, target])) ** 2).flatten(1).mean(1)
+    assert torch.allclose(real_w, (w[:4] * per[:4]).mean()) and torch.allclose(rep_w, (w[4:] * per[4:]).mean())
+    lwf = Replay(target=torch.randn(4, 1, 3, 3, generator=g))  # LwF-like: a second target on the real rows
+    real_l, rep_l = slice_losses(out[:4], 0, 4, eps, lwf, None, 4)
+    assert torch.allclose(rep_l, torch.nn.functional.mse_loss(out[:4], lwf.target))
 
 
 def _step(weight, micro=1, seed=3):

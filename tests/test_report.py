@@ -171,3 +171,10 @@ def test_runs_that_differ_in_a_training_setting_are_not_averaged_as_seeds(tmp_pa
     labels = sorted(g["label"] for g in res)
     assert any("train.ema_decay=0.999" in x for x in labels) and any("train.lr_schedule=cosine" in x for x in labels)
     assert not any("threads" in x or "log_every" in x for x in labels)
+
+
+def test_class_histograms_name_the_classes():
+    from cldiff.report import class_names
+    names = class_names("fashion_mnist", 10)
+    assert names[0] == "0 T-shirt" and names[9] == "9 ankle boot" and len(names) == 10
+    assert class_names("synthetic", 3) == ["0", "1", "2"]  # a set without names: the numbers

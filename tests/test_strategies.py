@@ -64,8 +64,9 @@ def test_gr_and_gd_share_the_replay_inputs(model):
     assert torch.equal(a.t, b.t)
 
 
-def test_teacher_is_a_frozen_copy(model):
-    st = _with_teacher("generative_distillation", model)
+@pytest.mark.parametrize("name", sorted(n for n, c in REGISTRY.items() if c.uses_teacher))
+def test_teacher_is_a_frozen_copy(model, name):
+    st = _with_teacher(name, model)
     assert all(not p.requires_grad for p in st.teacher.parameters()) and not st.teacher.training
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(st.teacher.parameters(), model.parameters()))
     torch.testing.assert_close(st.teacher.state_dict(), model.state_dict())

@@ -1,4 +1,4 @@
-"""`cldiff classify`: the classifier of PROTOCOL.md section 5, trained after the fact on a finished run.
+"""`cldiff classify`: the classifier of docs/protocol.md §5, trained after the fact on a finished run.
 
 Within task k the in-run classifier (``classifier.enabled``) trains before the diffusion model, replaying
 from the diffusion model as it was at the end of task k-1. That model is exactly the run's end-of-task

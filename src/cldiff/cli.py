@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, help="override eval.n_samples")
 
     c = sub.add_parser("classify", help="train the continual classifier on a finished run (its checkpoints "
-                       "as replay generators)", description="Train the classifier of PROTOCOL.md section 5 after the "
+                       "as replay generators)", description="Train the classifier of docs/protocol.md §5 after the "
                        "fact: task k replays from the run's end-of-task checkpoint k-1. Writes RUN/classifier.jsonl "
                        "(read by `cldiff report`); rerun the same command after an interruption to continue.")
     c.add_argument("runs", nargs="+", metavar="RUN", help="run folder(s)")

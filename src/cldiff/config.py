@@ -113,7 +113,7 @@ class EvalConfig:
 @dataclass
 class ClassifierConfig:
     enabled: bool = False  # also train a classifier continually, with the diffusion model as its replay generator
-    # generative (replay + distillation, PROTOCOL.md s. 5) | naive | joint | real_replay (the same replay and
+    # generative (replay + distillation, docs/protocol.md §5) | naive | joint | real_replay (the same replay and
     # distillation from real images of the earlier tasks, replay_pool of them, default 2000: a perfect generator)
     mode: str = "generative"
     epochs: float = 20  # epochs over the task's images (paper: 20)

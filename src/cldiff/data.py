@@ -40,10 +40,12 @@ class DatasetSpec:
     system_dirs: tuple = ()
     howto: str = ""
     loader: str = "idx"  # idx | cifar_pickle
+    class_names: tuple = ()  # what each label means, for reports
 
 
 FASHION_MNIST = DatasetSpec(
     name="fashion_mnist",
+    class_names=("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"),
     num_classes=10,
     channels=1,
     # Checksums of the *decompressed* IDX bytes, so gzip, plain and recompressed
@@ -70,6 +72,7 @@ FASHION_MNIST = DatasetSpec(
 
 MNIST = DatasetSpec(
     name="mnist",
+    class_names=tuple(str(d) for d in range(10)),
     num_classes=10,
     channels=1,
     # Sizes are checked; no SHA-256 is pinned for MNIST yet (None), so a same-size damaged copy is not caught.
@@ -86,6 +89,7 @@ MNIST = DatasetSpec(
 
 CIFAR10 = DatasetSpec(
     name="cifar10",
+    class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     num_classes=10,
     channels=3,
     # the python batches: data_batch_1..5 and test_batch, each a pickled dict of 10,000 images
@@ -103,7 +107,7 @@ SYNTHETIC = DatasetSpec(name="synthetic", num_classes=10, channels=1)
 
 DATASETS = {"fashion_mnist": FASHION_MNIST, "mnist": MNIST, "cifar10": CIFAR10, "synthetic": SYNTHETIC}
 
-# The class orders of the paper's runs (PROTOCOL.md section 1), by seed.
+# The class orders of the paper's runs (docs/protocol.md §1), by seed.
 PAPER_ORDERS = {
     42: [(2, 6), (1, 8), (4, 5), (0, 9), (3, 7)],
     69: [(0, 2), (3, 5), (1, 4), (6, 9), (8, 7)],
@@ -325,7 +329,7 @@ def write_idx(path: Path, arr: np.ndarray, compress: bool = False) -> Path:
 def to_model_range(images: np.ndarray | torch.Tensor, size: int = 32) -> torch.Tensor:
     """uint8 images (N, H, W) or (N, C, H, W) in [0, 255] -> float32 (N, C, size, size) in [-1, 1].
 
-    Resizing is bilinear with antialiasing (PROTOCOL.md section 1: 28x28 -> 32x32).
+    Resizing is bilinear with antialiasing (docs/protocol.md §1: 28x28 -> 32x32).
     """
     x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     if x.dtype != torch.uint8:

@@ -1,6 +1,6 @@
 """Offline evaluation: our own evaluator network, FID on its features, KLD / ARD of class histograms.
 
-PROTOCOL.md section 4. Inception-v3 weights cannot be downloaded here, so FID
+docs/protocol.md §4. Inception-v3 weights cannot be downloaded here, so FID
 uses the penultimate features (256-d) of a classifier trained on the data
 set itself; every output names it after its extractor (``fid_fmnist``) so it
 is never mistaken for Inception FID. The numbers are comparable between runs
@@ -247,7 +247,7 @@ def class_histogram(labels: np.ndarray, num_classes: int = 10) -> np.ndarray:
 
 
 def kld(p_true: np.ndarray, p_pred: np.ndarray, eps: float = 1e-8) -> float:
-    """KL(p_true || p_pred) = sum p_true log(p_true / p_pred), with eps added to both (PROTOCOL.md s. 4)."""
+    """KL(p_true || p_pred) = sum p_true log(p_true / p_pred), with eps added to both (docs/protocol.md §4)."""
     p, q = np.asarray(p_true, np.float64) + eps, np.asarray(p_pred, np.float64) + eps
     return float(np.sum(p * np.log(p / q)))
 

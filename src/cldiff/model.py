@@ -28,7 +28,7 @@ class UNetPreset:
 D, AD, U, AU = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 
 PRESETS = {
-    # PROTOCOL.md section 2: 64-128-256-512, attention at the lowest resolution, ~42.9 M parameters.
+    # docs/protocol.md §2: 64-128-256-512, attention at the lowest resolution, ~42.9 M parameters.
     "paper": UNetPreset((64, 128, 256, 512), (D, D, D, AD), (AU, U, U, U), 32,
                         note="the paper's Fashion-MNIST UNet"),
     # The CPU-scale model of shared/calibration (2.7 M parameters).
@@ -207,7 +207,7 @@ class NoiseSchedule:
         return gamma / self.snr(t).clamp(min=gamma)
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
-        """Timesteps drawn uniformly from 0..T-1 (PROTOCOL.md section 2)."""
+        """Timesteps drawn uniformly from 0..T-1 (docs/protocol.md §2)."""
         return torch.randint(0, self.T, (n,), generator=generator, device=device)
 
     def ddim_timesteps(self, steps: int, t_end: torch.Tensor | None = None, n: int = 1) -> torch.Tensor:

@@ -19,7 +19,7 @@ import yaml
 
 from .checkpoint import atomic_write_bytes
 
-# PROTOCOL.md section 4: Split Fashion-MNIST after the 5th task, Inception FID, teacher with 2 DDIM steps.
+# docs/protocol.md §4: Split Fashion-MNIST after the 5th task, Inception FID, teacher with 2 DDIM steps.
 PAPER_RESULTS = {
     "generative_replay": {"fid": 211.8, "kld": 3.39},
     "generative_distillation": {"fid": 23.5, "kld": 0.25},
@@ -93,6 +93,14 @@ def _group_key(cfg: dict) -> dict:
             "eval": {k: v for k, v in full.get("eval", {}).items() if k not in DISPLAY_ONLY["eval"]}}
 
 
+def class_names(dataset: str | None, n: int) -> list[str]:
+    """The names of a data set's classes ('T-shirt', 'trouser', ...), or their numbers when it has none."""
+    from .data import DATASETS
+    spec = DATASETS.get(dataset)
+    names = list(spec.class_names) if spec is not None and spec.class_names else []
+    return [f"{i} {names[i]}" if i < len(names) else str(i) for i in range(n)]
+
+
 def mean_sem(values) -> tuple[float | None, float | None]:
     """Mean and standard error of the mean (std with ddof=1 over sqrt(n)); SEM is None for n < 2."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
@@ -129,6 +137,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             if rows:
                 per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
         g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
+             "dataset": rs[0]["config"].get("data", {}).get("dataset"),
              "complete_seeds": [r["seed"] for r in row_runs], "fid_key": fid_key,
              "behind": {str(r["seed"]): k + 1 for r, k in zip(rs, reached) if k < last},  # seed -> tasks done
              "final_task": last, "num_tasks": rs[0]["num_tasks"], "runs": [str(r["dir"]) for r in rs],
@@ -256,8 +265,10 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
             ax.bar(c - 0.2, g["hist_true"], 0.4, label="true")
             ax.bar(c + 0.2, g["hist_pred"], 0.4, label="predicted")
             ax.set_title(g["label"], fontsize=7)
-            ax.set_xticks(c)
-            ax.set_xlabel("class")
+            names = class_names(g.get("dataset"), len(c))
+            ax.set_xticks(c, names, rotation=60 if len(max(names, key=len)) > 2 else 0, fontsize=7, ha="right"
+                          if len(max(names, key=len)) > 2 else "center")
+            ax.set_xlabel("class (evaluator's label of each sample)")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "class_histograms.png", dpi=110)
@@ -324,7 +335,7 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
             f"{g['teacher_image_forwards'][0] or 0:,.0f} |")
     if any(g["classifier"] for g in groups):
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
-                  "Classifier mode: generative = replay from this run's diffusion model (PROTOCOL.md section 5); "
+                  "Classifier mode: generative = replay from this run's diffusion model (docs/protocol.md §5); "
                   "joint = trained on the real images of every class seen so far; naive = fine-tuned on each task's "
                   "images only; real_replay = the generative protocol with real images of the earlier tasks as the "
                   "replay (a perfect generator). The last three do not use the diffusion model (their row is the classifier's baseline).",

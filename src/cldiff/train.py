@@ -1,6 +1,6 @@
 """The one training loop: task by task, one minibatch at a time.
 
-Per step (PROTOCOL.md sections 2-3): draw B real images of the current task,
+Per step (docs/protocol.md §2-3): draw B real images of the current task,
 t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps; ask
 the strategy for its replay batch; one student forward on [real ; replay];
 loss = w_real MSE(real) + w_replay MSE(replay) (+ the strategy's penalty);
@@ -16,11 +16,11 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
@@ -44,7 +44,7 @@ def steps_for_task(cfg: Config, k: int, n_images: int) -> int:
         return t.first_task_steps
     if t.steps_per_task is not None:
         return t.steps_per_task
-    # PROTOCOL.md: 12,000 images at batch 128 is 94 iterations per epoch (the last batch is partial).
+    # docs/protocol.md §2: 12,000 images at batch 128 is 94 iterations per epoch (the last batch is partial).
     return max(1, round(t.epochs_per_task * math.ceil(n_images / t.batch_size)))
 
 
@@ -140,250 +140,356 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
         dist_teardown(env)
 
 
-def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, device, stop_after=None) -> Path:
-    resume = resume or cfg.resume == "auto"
-    if cfg.train.batch_size % env.world:
-        raise RunError(f"train.batch_size {cfg.train.batch_size} is the global batch and must split evenly over "
-                       f"the {env.world} ranks; choose a multiple of {env.world}")
-    run_dir = prepare_run_dir(cfg, out, resume, write=env.main)
-    env.barrier()
-    log = MetricsLog(run_dir / "metrics.jsonl") if env.main else NullLog(run_dir / "metrics.jsonl")
-    progress = progress and env.main
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    autocast = autocast_for(device, cfg.train.precision)
-    precision = "fp32" if autocast is contextlib.nullcontext else "bf16"
+@dataclass
+class TaskCounters:
+    """What one task has done so far (kept in mid-task checkpoints, so that a resumed task counts on)."""
 
-    data = ContinualData.from_config(cfg)
-    torch.manual_seed(cfg.seed)
-    model = EpsModel(cfg.model.preset, data.spec.channels, cfg.data.image_size, cfg.train.attention).to(device)
-    schedule = NoiseSchedule.from_config(cfg.model, device)
-    strategy = build_strategy(cfg.strategy)
-    gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
-    data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
-    ema = EMA(model, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
-    opt = None
-    start_task, wall_before = 0, 0.0
-    mid = None  # the state of an interrupted task, when resuming mid-task
-    clf = None
-    if cfg.classifier.enabled:
-        from .classifier import ContinualClassifier
-        clf = ContinualClassifier(cfg.classifier, data.spec.channels, data.spec.num_classes, device, cfg.seed)
+    images: int = 0  # real images trained on (all ranks)
+    student_images: int = 0  # student forward+backward images (all ranks)
+    teacher_images: int = 0  # teacher forward images (all ranks)
+    skipped: int = 0  # steps whose loss was not finite (nan_policy: skip)
+    train_s: float = 0.0  # training time before this process took the task over
+    # sums of the losses since the last metrics line, and how many steps they hold
+    loss: float = 0.0
+    loss_real: float = 0.0
+    loss_replay: float = 0.0
+    n: int = 0
 
-    def header():
-        log.write({"event": "start", "task": -1, "config_digest": cfg.digest(), "device": str(device),
-                   "precision": precision, "params": sum(p.numel() for p in model.parameters()),
-                   "tasks": [list(t) for t in data.tasks]})
+    def add(self, r: dict, n_global: int, world: int) -> None:
+        self.images += n_global
+        self.student_images += r["student_images"] * world
+        self.teacher_images += r["teacher_images"] * world
+        self.loss += r["loss"]
+        self.loss_real += r["loss_real"]
+        self.loss_replay += r["loss_replay"]
+        self.n += 1
 
-    if resume:
-        found = load_latest(run_dir, map_location=device)
-        if found is not None:
-            state, meta = found
-            model.load_state_dict(state["model"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            strategy.load_state_dict(state.get("strategy", {}), model)
-            _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, meta["task"])
-            if clf is not None and "classifier" in state:
-                clf.load_state_dict(state["classifier"])
-            wall_before = float(meta.get("wall_s", 0.0))
-            if meta.get("complete", True):
-                if not cfg.train.reset_optimizer and state.get("optimizer"):
-                    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-                    opt.load_state_dict(state["optimizer"])
-                start_task = meta["task"] + 1
-                log.truncate_after(meta["task"])
-            else:
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-                opt.load_state_dict(state["optimizer"])
-                start_task = meta["task"]
-                mid = {"step": meta["step"], "perm": state["task"]["perm"], "pos": int(state["task"]["pos"]),
-                       **meta["task_counters"]}
-                log.truncate_after(meta["task"] - 1, keep=lambda r: r.get("task") == meta["task"] and (
-                    r["event"] == "classifier_eval" or (r["event"] == "train" and r["step"] <= meta["step"])))
-            if start_task >= len(data.tasks):
-                if env.main:
-                    print(f"{run_dir} is already complete ({len(data.tasks)} tasks)", file=sys.stderr)
-                return run_dir
-            where = f"task {meta['task']} step {meta['step']}" if mid else f"after task {meta['task']}"
+    def take_means(self) -> dict:
+        """The mean losses since the last call, and a fresh start for the next ones."""
+        m = max(self.n, 1)
+        out = {"loss": self.loss / m, "loss_real": self.loss_real / m, "loss_replay": self.loss_replay / m}
+        self.loss = self.loss_real = self.loss_replay = 0.0
+        self.n = 0
+        return out
+
+    def to_meta(self, train_s: float) -> dict:
+        """The checkpoint metadata's layout (unchanged since mid-task resume exists, so old checkpoints resume)."""
+        return {"images": self.images, "student_images": self.student_images, "teacher_images": self.teacher_images,
+                "skipped": self.skipped, "train_s": train_s,
+                "acc": {"loss": self.loss, "loss_real": self.loss_real, "loss_replay": self.loss_replay, "n": self.n}}
+
+    @classmethod
+    def from_meta(cls, m: dict) -> "TaskCounters":
+        return cls(m["images"], m["student_images"], m["teacher_images"], m["skipped"], m["train_s"], **m["acc"])
+
+
+@dataclass
+class MidTask:
+    """Where an interrupted task stands: its step, data order and counters (from a mid-task checkpoint)."""
+
+    step: int
+    perm: torch.Tensor
+    pos: int
+    counters: TaskCounters
+
+
+class Run:
+    """Everything one training run holds: the run folder and log, data, model (and its EMA), optimizer,
+    strategy, schedule, generators, precision, the distributed environment and the optional classifier."""
+
+    def __init__(self, cfg: Config, out, resume: bool, progress: bool, evaluator, flag, env: DistEnv, device):
+        if cfg.train.batch_size % env.world:
+            raise RunError(f"train.batch_size {cfg.train.batch_size} is the global batch and must split evenly over "
+                           f"the {env.world} ranks; choose a multiple of {env.world}")
+        self.cfg, self.env, self.device, self.flag, self.evaluator = cfg, env, device, flag, evaluator
+        self.run_dir = prepare_run_dir(cfg, out, resume, write=env.main)
+        env.barrier()
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl") if env.main else NullLog(self.run_dir / "metrics.jsonl")
+        self.progress = progress and env.main
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.autocast = autocast_for(device, cfg.train.precision)
+        self.precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16"
+        self.data = ContinualData.from_config(cfg)
+        torch.manual_seed(cfg.seed)
+        self.model = EpsModel(cfg.model.preset, self.data.spec.channels, cfg.data.image_size,
+                              cfg.train.attention).to(device)
+        self.schedule = NoiseSchedule.from_config(cfg.model, device)
+        self.strategy = build_strategy(cfg.strategy)
+        self.gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
+        self.data_gen = torch.Generator().manual_seed(cfg.seed + 1)  # minibatch order
+        self.ema = EMA(self.model, cfg.train.ema_decay) if cfg.train.ema_decay is not None else None
+        self.opt = None
+        self.net = None  # the student as trained: the model, or its DDP wrapper (set by _train)
+        self.clf = None
+        if cfg.classifier.enabled:
+            from .classifier import ContinualClassifier
+            self.clf = ContinualClassifier(cfg.classifier, self.data.spec.channels, self.data.spec.num_classes,
+                                           device, cfg.seed)
+        self.start_task, self.wall_before = 0, 0.0
+        self.mid: MidTask | None = None
+        self.loss_weight = None
+        if cfg.train.loss_weighting == "min_snr":
+            gamma = cfg.train.min_snr_gamma
+            self.loss_weight = lambda t: self.schedule.min_snr_weight(t, gamma)  # noqa: E731
+
+    # ------------------------------------------------------------------ before the first task
+
+    def shown_model(self) -> EpsModel:
+        """The weights that are evaluated, drawn and sampled: the EMA when the run keeps one."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def task_context(self, k: int, classes) -> TaskContext:
+        teacher_source = self.ema.model if self.ema is not None and self.cfg.train.ema_teacher else None
+        return TaskContext(k, self.data, classes, self.schedule, self.device, self.autocast, teacher_source)
+
+    def write_header(self) -> None:
+        self.log.write({"event": "start", "task": -1, "config_digest": self.cfg.digest(), "device": str(self.device),
+                        "precision": self.precision, "params": sum(p.numel() for p in self.model.parameters()),
+                        "tasks": [list(t) for t in self.data.tasks]})
+
+    def _load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def restore(self) -> bool:
+        """Continue from the run folder's newest checkpoint, if any; False when the run is already complete."""
+        found = load_latest(self.run_dir, map_location=self.device)
+        if found is None:
+            return True
+        state, meta = found
+        cfg, env = self.cfg, self.env
+        self._load_state(state)
+        self.strategy.load_state_dict(state.get("strategy", {}), self.model)
+        _restore_rng(state["rng"], self.gen, self.data_gen, env, cfg.seed, meta["task"])
+        if self.clf is not None and "classifier" in state:
+            self.clf.load_state_dict(state["classifier"])
+        self.wall_before = float(meta.get("wall_s", 0.0))
+        if meta.get("complete", True):
+            if not cfg.train.reset_optimizer and state.get("optimizer"):
+                self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+                self.opt.load_state_dict(state["optimizer"])
+            self.start_task = meta["task"] + 1
+            self.log.truncate_after(meta["task"])
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+            self.opt.load_state_dict(state["optimizer"])
+            self.start_task = meta["task"]
+            self.mid = MidTask(meta["step"], state["task"]["perm"], int(state["task"]["pos"]),
+                               TaskCounters.from_meta(meta["task_counters"]))
+            self.log.truncate_after(meta["task"] - 1, keep=lambda r: r.get("task") == meta["task"] and (
+                r["event"] == "classifier_eval" or (r["event"] == "train" and r["step"] <= meta["step"])))
+        if self.start_task >= len(self.data.tasks):
             if env.main:
-                print(f"resuming {run_dir} from {where}", file=sys.stderr)
-    if start_task == 0 and mid is None and cfg.train.init_from:
-        state, meta = _shared_first_task(cfg, Path(cfg.train.init_from), strategy, device)
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        _restore_rng(state["rng"], gen, data_gen, env, cfg.seed, 0)
-        if clf is not None:
-            clf.load_state_dict(state["classifier"])
-        # this strategy's own end of task 0 (teacher, memory, importance, ...)
-        strategy.end_task(model, TaskContext(0, data, strategy.train_classes(0, data.tasks), schedule, device, autocast,
-                                             _teacher_source(cfg, ema)))
-        src_lines = [r for r in MetricsLog(Path(cfg.train.init_from) / "metrics.jsonl").read() if r.get("task") == 0]
+                print(f"{self.run_dir} is already complete ({len(self.data.tasks)} tasks)", file=sys.stderr)
+            return False
+        where = f"task {meta['task']} step {meta['step']}" if self.mid else f"after task {meta['task']}"
         if env.main:
-            log.path.write_text("")
-        header()
-        log.write({"event": "shared", "task": 0, "from": str(cfg.train.init_from)})
-        for r in src_lines:
-            log.write(r)
-        src_grid = Path(cfg.train.init_from) / "samples" / "task_00.png"
-        if src_grid.exists() and env.main:
-            (run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
-        _save(run_dir, cfg, data, model, strategy, None, clf, gen, data_gen,
-              {k: v for k, v in meta.items() if k in ("task", "step", "wall_s")}, {"shared_from": str(cfg.train.init_from)},
-              env=env, ema=ema)
-        start_task, wall_before = 1, float(meta.get("wall_s", 0.0))
-        if cfg.eval.enabled and env.main:
-            write_eval_csv(run_dir)
-    if start_task == 0 and mid is None:
-        if env.main:
-            log.path.write_text("")
-        header()
-    env.barrier()  # every rank has read its checkpoint before rank 0 writes (and prunes) the next one
-    net = dist_wrap(model, env, device)  # the student as trained (DDP over ranks); strategies see `model`
+            print(f"resuming {self.run_dir} from {where}", file=sys.stderr)
+        return True
 
-    grid_noise = torch.randn((cfg.train.grid_samples, data.spec.channels, cfg.data.image_size, cfg.data.image_size),
-                             generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
-    t_run = time.perf_counter() - wall_before
-    scheduled_lr = cfg.train.lr_schedule != "constant" or cfg.train.warmup_steps > 0
-    loss_weight = None
-    if cfg.train.loss_weighting == "min_snr":
-        gamma = cfg.train.min_snr_gamma
-        loss_weight = lambda t: schedule.min_snr_weight(t, gamma)  # noqa: E731
-    last_task = len(data.tasks) if stop_after is None else min(stop_after, len(data.tasks))
-    for k in range(start_task, last_task):
-        classes = strategy.train_classes(k, data.tasks)
-        x_all, _ = data.train(classes)
+    def share_first_task(self) -> None:
+        """Start from another run's task 0 (train.init_from), checked to be the same computation."""
+        cfg, env, src = self.cfg, self.env, Path(self.cfg.train.init_from)
+        state, meta = _shared_first_task(cfg, src, self.strategy, self.device)
+        self._load_state(state)
+        _restore_rng(state["rng"], self.gen, self.data_gen, env, cfg.seed, 0)
+        if self.clf is not None:
+            self.clf.load_state_dict(state["classifier"])
+        # this strategy's own end of task 0 (teacher, memory, importance, ...)
+        self.strategy.end_task(self.model, self.task_context(0, self.strategy.train_classes(0, self.data.tasks)))
+        src_lines = [r for r in MetricsLog(src / "metrics.jsonl").read() if r.get("task") == 0]
+        if env.main:
+            self.log.path.write_text("")
+        self.write_header()
+        self.log.write({"event": "shared", "task": 0, "from": str(cfg.train.init_from)})
+        for r in src_lines:
+            self.log.write(r)
+        src_grid = src / "samples" / "task_00.png"
+        if src_grid.exists() and env.main:
+            (self.run_dir / "samples" / "task_00.png").write_bytes(src_grid.read_bytes())
+        self.save({k: v for k, v in meta.items() if k in ("task", "step", "wall_s")},
+                  {"shared_from": str(cfg.train.init_from)})
+        self.start_task, self.wall_before = 1, float(meta.get("wall_s", 0.0))
+        if cfg.eval.enabled and env.main:
+            write_eval_csv(self.run_dir)
+
+    def start_fresh(self) -> None:
+        if self.env.main:
+            self.log.path.write_text("")
+        self.write_header()
+
+    # ------------------------------------------------------------------ one task
+
+    def classifier_phase(self, k: int) -> None:
+        """The classifier trains first, replaying from the diffusion model as it was at the end of task k-1."""
+        if self.clf is None:
+            return
+        gen_model = frozen_copy(self.shown_model()) if k >= 1 else None
+        self.log.write(self.clf.train_task(k, self.data, gen_model, self.schedule, self.autocast))
+        del gen_model
+
+    def train_task(self, k: int, classes, t_run: float) -> tuple[int, TaskCounters]:
+        """Train task k (from its first step, or from where an interrupted run stopped); returns its steps and
+        counters, with the training time in ``train_s``."""
+        cfg, env, device = self.cfg, self.env, self.device
+        x_all, _ = self.data.train(classes)
         x_all = x_all.to(device)
         n, b = len(x_all), cfg.train.batch_size
         steps = steps_for_task(cfg, k, n)
-        if mid is None:
-            if clf is not None:
-                # the classifier trains first, replaying from the diffusion model as it was at the end of task k-1
-                gen_model = frozen_copy(ema.model if ema is not None else model) if k >= 1 else None
-                log.write(clf.train_task(k, data, gen_model, schedule, autocast))
-                del gen_model
-            if opt is None or cfg.train.reset_optimizer:
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-            perm, pos = torch.randperm(n, generator=data_gen), 0
-            c = {"images": 0, "student_images": 0, "teacher_images": 0, "skipped": 0, "train_s": 0.0,
-                 "acc": {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}}
-            first_step = 0
+        if self.mid is None:
+            if self.opt is None or cfg.train.reset_optimizer:
+                self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+            perm, pos = torch.randperm(n, generator=self.data_gen), 0
+            c, first_step = TaskCounters(), 0
         else:
-            perm, pos, first_step = mid["perm"], mid["pos"], mid["step"]
-            c = {key: mid[key] for key in ("images", "student_images", "teacher_images", "skipped", "train_s", "acc")}
-            mid = None
-        model.train()
+            perm, pos, first_step, c = self.mid.perm, self.mid.pos, self.mid.step, self.mid.counters
+            self.mid = None
+        scheduled_lr = cfg.train.lr_schedule != "constant" or cfg.train.warmup_steps > 0
+        self.model.train()
         t_task = t_log = time.perf_counter()
         img_since_log = 0
-        bar = tqdm(range(first_step, steps), desc=f"task {k} {tuple(data.tasks[k])}", disable=not progress,
+        bar = tqdm(range(first_step, steps), desc=f"task {k} {tuple(self.data.tasks[k])}", disable=not self.progress,
                    mininterval=1.0, file=sys.stderr, dynamic_ncols=True, initial=first_step, total=steps)
         for step in bar:
             if pos + env.world > n:  # (one process: pos >= n) every rank needs at least one image
-                perm, pos = torch.randperm(n, generator=data_gen), 0
+                perm, pos = torch.randperm(n, generator=self.data_gen), 0
             idx = perm[pos:pos + b].to(device)
             pos += b
             x0 = x_all[idx]
             if cfg.data.hflip:
-                flip = (torch.rand(len(x0), generator=data_gen) < 0.5).to(device).view(-1, 1, 1, 1)
+                flip = (torch.rand(len(x0), generator=self.data_gen) < 0.5).to(device).view(-1, 1, 1, 1)
                 x0 = torch.where(flip, x0.flip(-1), x0)
             n_global = len(x0)
             if env.active:  # same indices on every rank (one data generator), each its own slice
                 x0 = x0[env.rank::env.world]
             if scheduled_lr:
                 lr = lr_at(cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps, step, steps)
-                for g in opt.param_groups:
+                for g in self.opt.param_groups:
                     g["lr"] = lr
-            r = train_step(net, opt, strategy, schedule, x0, k, gen, autocast, cfg.train.grad_clip,
-                           cfg.train.nan_policy, run_dir, step, env, cfg.train.micro_batches, loss_weight)
+            r = train_step(self.net, self.opt, self.strategy, self.schedule, x0, k, self.gen, self.autocast,
+                           cfg.train.grad_clip, cfg.train.nan_policy, self.run_dir, step, env, cfg.train.micro_batches,
+                           self.loss_weight)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
-                c["skipped"] += 1
+                c.skipped += 1
             else:
-                if ema is not None:
-                    ema.update(model, step)
-                c["images"] += n_global
+                if self.ema is not None:
+                    self.ema.update(self.model, step)
+                c.add(r, n_global, env.world)
                 img_since_log += n_global
-                c["student_images"] += r["student_images"] * env.world
-                c["teacher_images"] += r["teacher_images"] * env.world
-                for key in ("loss", "loss_real", "loss_replay"):
-                    c["acc"][key] += r[key]
-                c["acc"]["n"] += 1
             if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
                 now = time.perf_counter()
-                m = max(c["acc"].pop("n"), 1)
                 ratio = r["student_images"] / len(x0) if r is not None else 1.0  # per rank = global ratio
-                rec = {"event": "train", "task": k, "step": step + 1, "steps": steps,
-                       **{key: v / m for key, v in c["acc"].items()},
+                rec = {"event": "train", "task": k, "step": step + 1, "steps": steps, **c.take_means(),
                        "img_per_s": img_since_log / max(now - t_log, 1e-9),
                        "student_img_per_s": img_since_log * ratio / max(now - t_log, 1e-9),
-                       "skipped_nonfinite": c["skipped"], "wall_s": now - t_run, "lr": opt.param_groups[0]["lr"]}
-                log.write(rec)
+                       "skipped_nonfinite": c.skipped, "wall_s": now - t_run, "lr": self.opt.param_groups[0]["lr"]}
+                self.log.write(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", img_s=f"{rec['img_per_s']:.0f}")
-                c["acc"] = {"loss": 0.0, "loss_real": 0.0, "loss_replay": 0.0, "n": 0}
                 t_log, img_since_log = now, 0
             every = cfg.train.checkpoint_every
-            stop = env.any(flag.set)  # Ctrl-C on any rank: all ranks checkpoint the same step
+            stop = env.any(self.flag.set)  # Ctrl-C on any rank: all ranks checkpoint the same step
             if stop or (every and (step + 1) % every == 0 and step + 1 < steps):
-                c_now = {**c, "train_s": c["train_s"] + time.perf_counter() - t_task}
-                _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
-                      {"task": k, "step": step + 1, "wall_s": time.perf_counter() - t_run},
-                      {"complete": False, "task_counters": c_now}, task_state={"perm": perm, "pos": torch.tensor(pos)},
-                      env=env, ema=ema)
+                self.save({"task": k, "step": step + 1, "wall_s": time.perf_counter() - t_run},
+                          {"complete": False, "task_counters": c.to_meta(c.train_s + time.perf_counter() - t_task)},
+                          task_state={"perm": perm, "pos": torch.tensor(pos)})
                 if stop:
                     bar.close()
-                    raise Interrupted(f"interrupted at task {k} step {step + 1}; checkpoint written. "
-                                      f"Continue with: cldiff train --config {run_dir / 'config.yaml'} --out {run_dir} --resume")
+                    raise Interrupted(f"interrupted at task {k} step {step + 1}; checkpoint written. Continue with: "
+                                      f"cldiff train --config {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume")
         bar.close()
-        train_s = c["train_s"] + time.perf_counter() - t_task
+        c.train_s += time.perf_counter() - t_task
+        return steps, c
+
+    def end_task(self, k: int, classes, steps: int, c: TaskCounters, t_run: float, grid_noise) -> None:
+        """The strategy's end of task (a new teacher, a memory, ...), the sample grid and the task_end line."""
         release_memory()  # the training steps' freed activations: out of the heap before sampling (sysmem.py)
-        model.eval()
-        strategy.end_task(model, TaskContext(k, data, classes, schedule, device, autocast, _teacher_source(cfg, ema)))
-        shown = ema.model if ema is not None else model  # the weights that are evaluated, drawn and sampled
+        self.model.eval()
+        self.strategy.end_task(self.model, self.task_context(k, classes))
+        if self.cfg.train.grid_samples > 0 and self.env.main:
+            grid = ddim_sample(self.shown_model(), self.schedule, grid_noise, self.cfg.train.grid_steps, 0.0, None,
+                               self.autocast)
+            save_grid(grid, self.run_dir / "samples" / f"task_{k:02d}.png")
+        self.log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
+                        "images_trained": c.images, "student_images": c.student_images,
+                        "teacher_image_forwards": c.teacher_images, "skipped_nonfinite": c.skipped,
+                        "train_s": c.train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": peak_rss_mib()})
 
-        if cfg.train.grid_samples > 0 and env.main:
-            grid = ddim_sample(shown, schedule, grid_noise, cfg.train.grid_steps, 0.0, None, autocast)
-            save_grid(grid, run_dir / "samples" / f"task_{k:02d}.png")
-        log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
-                   "images_trained": c["images"], "student_images": c["student_images"],
-                   "teacher_image_forwards": c["teacher_images"], "skipped_nonfinite": c["skipped"],
-                   "train_s": train_s, "wall_s": time.perf_counter() - t_run, "peak_rss_mib": peak_rss_mib()})
-        if cfg.eval.enabled:
-            from .evaluate import evaluate_task, get_evaluator
+    def evaluate(self, k: int) -> None:
+        """FID / KLD / ARD of the shown model after task k (docs/protocol.md §4)."""
+        cfg, env = self.cfg, self.env
+        if not cfg.eval.enabled:
+            return
+        from .evaluate import evaluate_task, get_evaluator
 
-            if evaluator is None:
-                if env.main:  # rank 0 trains and caches the evaluator if there is none yet; the others then load it
-                    evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
-                env.barrier()
-                if not env.main:
-                    evaluator = get_evaluator(cfg.data.dataset, device, cfg.data.root)
-            t_eval = time.perf_counter()
-            metrics = evaluate_task(shown, schedule, data, k, cfg.eval, evaluator, device, autocast, env)
-            if env.main:
-                metrics["eval_s"] = time.perf_counter() - t_eval
-                log.write({"event": "eval", "task": k, **metrics})
-                write_eval_csv(run_dir)
-            release_memory()
-        _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen,
-              {"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True}, env=env, ema=ema)
-    if last_task < len(data.tasks):  # stopped early on request (stop_after): no "done" line, resumable
-        if start_task < last_task:
-            log.write({"event": "stopped", "task": last_task - 1, "wall_s": time.perf_counter() - t_run})
-        return run_dir
-    log.write({"event": "done", "task": len(data.tasks) - 1, "wall_s": time.perf_counter() - t_run,
-               "peak_rss_mib": peak_rss_mib()})
-    return run_dir
+        if self.evaluator is None:
+            if env.main:  # rank 0 trains and caches the evaluator if there is none yet; the others then load it
+                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root)
+            env.barrier()
+            if not env.main:
+                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root)
+        t_eval = time.perf_counter()
+        metrics = evaluate_task(self.shown_model(), self.schedule, self.data, k, cfg.eval, self.evaluator,
+                                self.device, self.autocast, env)
+        if env.main:
+            metrics["eval_s"] = time.perf_counter() - t_eval
+            self.log.write({"event": "eval", "task": k, **metrics})
+            write_eval_csv(self.run_dir)
+        release_memory()
+
+    def save(self, where: dict, extra: dict, task_state: dict | None = None) -> None:
+        """Write a checkpoint (rank 0; with several ranks a collective: all call it, all leave together)."""
+        env = self.env
+        rng = _rng_state(self.gen, self.data_gen, env)
+        if not env.main:
+            env.barrier()
+            return
+        state = {"model": self.model.state_dict(), "strategy": self.strategy.state_dict(),
+                 "optimizer": self.opt.state_dict() if self.opt is not None else {}, "rng": rng}
+        if self.clf is not None:
+            state["classifier"] = self.clf.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if task_state is not None:
+            state["task"] = task_state
+        name = f"task_{where['task']:02d}" if extra.get("complete", True) else \
+            f"task_{where['task']:02d}_step_{where['step']:07d}"
+        save_checkpoint(self.run_dir, name, state,
+                        {**where, "complete": True, **extra, "config": self.cfg.to_dict(),
+                         "tasks": [list(t) for t in self.data.tasks], "world_size": env.world},
+                        keep=self.cfg.train.keep_checkpoints)
+        env.barrier()
 
 
-def _teacher_source(cfg: Config, ema):
-    """The weights a task's teacher is frozen from: the EMA (train.ema_teacher) or, with None, the student's."""
-    return ema.model if ema is not None and cfg.train.ema_teacher else None
-
-
-def _mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-    """The mean squared error; with per-sample weights w (N,), the mean over samples of w_i * MSE_i."""
-    if w is None:
-        return F.mse_loss(pred, target)
-    return (w * ((pred - target) ** 2).flatten(1).mean(1)).mean()
+def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, device, stop_after=None) -> Path:
+    resume = resume or cfg.resume == "auto"
+    run = Run(cfg, out, resume, progress, evaluator, flag, env, device)
+    if resume and not run.restore():
+        return run.run_dir
+    if run.start_task == 0 and run.mid is None:
+        run.share_first_task() if cfg.train.init_from else run.start_fresh()
+    env.barrier()  # every rank has read its checkpoint before rank 0 writes (and prunes) the next one
+    run.net = dist_wrap(run.model, env, device)  # the student as trained (DDP over ranks); strategies see the module
+    grid_noise = torch.randn((cfg.train.grid_samples, run.data.spec.channels, cfg.data.image_size,
+                              cfg.data.image_size), generator=torch.Generator().manual_seed(cfg.eval.seed)).to(device)
+    t_run = time.perf_counter() - run.wall_before
+    last_task = len(run.data.tasks) if stop_after is None else min(stop_after, len(run.data.tasks))
+    for k in range(run.start_task, last_task):
+        classes = run.strategy.train_classes(k, run.data.tasks)
+        if run.mid is None:
+            run.classifier_phase(k)
+        steps, counters = run.train_task(k, classes, t_run)
+        run.end_task(k, classes, steps, counters, t_run, grid_noise)
+        run.evaluate(k)
+        run.save({"task": k, "step": steps, "wall_s": time.perf_counter() - t_run}, {"complete": True})
+    if last_task < len(run.data.tasks):  # stopped early on request (stop_after): no "done" line, resumable
+        if run.start_task < last_task:
+            run.log.write({"event": "stopped", "task": last_task - 1, "wall_s": time.perf_counter() - t_run})
+        return run.run_dir
+    run.log.write({"event": "done", "task": len(run.data.tasks) - 1, "wall_s": time.perf_counter() - t_run,
+                   "peak_rss_mib": peak_rss_mib()})
+    return run.run_dir
 
 
 def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
@@ -407,34 +513,14 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
     inputs, tt = x_t, t
     if replay is not None and replay.x is not None:
         inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
-    if micro_batches > 1:
-        return _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip,
-                           nan_policy, run_dir, step, env, micro_batches, loss_weight)
-    with autocast():
-        out = model(inputs, tt)
-    out = out.float()
-    w_t = loss_weight(tt) if loss_weight is not None else None
-    loss_real = _mse(out[: len(x0)], eps, w_t[: len(x0)] if w_t is not None else None)
-    w_real, w_replay = strategy.loss_weights(k, replay is not None)
-    loss = w_real * loss_real
-    loss_replay = torch.zeros((), device=device)
-    if replay is not None:
-        on_replay = replay.x is not None
-        pred = out[len(x0):] if on_replay else out[: len(x0)]
-        w_rep = None if w_t is None else (w_t[len(x0):] if on_replay else w_t[: len(x0)])
-        loss_replay = _mse(pred, replay.target, w_rep)
-        loss = loss + w_replay * loss_replay
-    pen = strategy.penalty(base)
-    if pen is not None:
-        loss = loss + pen
-    return _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, len(inputs), replay, k, step,
-                       run_dir, env, nan_policy, grad_clip, backward=True)
+    return _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip,
+                             nan_policy, run_dir, step, env, max(1, micro_batches), loss_weight)
 
 
 def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_student, replay, k, step, run_dir, env,
-                nan_policy, grad_clip, backward: bool) -> dict | None:
-    """The end of a step: a non-finite loss stops or skips (all ranks together); else (backward, when the
-    gradients are not there yet), clipping, the optimizer step and the strategy's after_step."""
+                nan_policy, grad_clip) -> dict | None:
+    """The end of a step (its gradients are there): a non-finite loss stops or skips (all ranks together);
+    else clipping, the optimizer step and the strategy's after_step."""
     bad = not bool(torch.isfinite(loss))
     if env is not None:
         bad = env.any(bad)  # all ranks skip (or stop) together, or DDP's backward would wait forever
@@ -446,9 +532,6 @@ def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_stud
         raise TrainingDiverged(
             f"task {k} step {step}: the loss is {loss.item()} (real {loss_real.item()}, replay "
             f"{loss_replay.item()}){where}. Lower train.lr, or set train.nan_policy=skip to skip such batches")
-    if backward:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
@@ -457,28 +540,50 @@ def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_stud
             "student_images": n_student, "teacher_images": replay.teacher_images if replay is not None else 0}
 
 
-def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
-                run_dir, step, env, micro, loss_weight=None) -> dict | None:
-    """train_step's forward and backward in `micro` slices of the student batch: the same loss and gradients
-    (up to float rounding: GroupNorm has no batch statistics) with the activations of one slice at a time."""
-    n_real, n = len(x0), len(inputs)
+def slice_losses(out: torch.Tensor, a: int, b: int, eps: torch.Tensor, replay, w_t: torch.Tensor | None,
+                 n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real and replay MSE terms that rows a..b of the student batch contribute (docs/protocol.md §3).
+
+    ``out``: the student's output on those rows; ``eps``: the real rows' noise (B rows); ``n``: the whole
+    student batch (B real rows, then the replay rows). Each term is a sum of squared errors divided by the
+    element count of its whole branch, so the terms of all slices add up to the branch's mean squared error,
+    and one slice (a = 0, b = n) gives the MSE itself. With per-sample loss weights ``w_t`` (n,) each sample's
+    squared error is weighted first: the branch's mean of w_i * MSE_i. LwF-like replay (``replay.x`` None)
+    puts its target on the real rows.
+    """
+    n_real, d = len(eps), eps[0].numel()
+
+    def sq(diff: torch.Tensor, lo: int) -> torch.Tensor:
+        e = diff ** 2
+        if w_t is None:
+            return e.sum()
+        return (w_t[lo:lo + len(e)].view(-1, *([1] * (e.dim() - 1))) * e).sum()
+
+    r_end = min(b, n_real)
+    part_real = sq(out[: max(0, r_end - a)] - eps[a:r_end], a) / (n_real * d) if a < n_real else out.new_zeros(())
+    part_rep = out.new_zeros(())
+    if replay is not None:
+        if replay.x is None and a < n_real:
+            part_rep = sq(out[: r_end - a] - replay.target[a:r_end], a) / (n_real * d)
+        elif replay.x is not None and b > n_real:
+            lo = max(a, n_real)
+            part_rep = sq(out[lo - a:] - replay.target[lo - n_real:b - n_real], lo) / ((n - n_real) * d)
+    return part_real, part_rep
+
+
+def _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
+                      run_dir, step, env, micro, loss_weight=None) -> dict | None:
+    """The step's forward and backward, the whole student batch at once (micro = 1) or in ``micro`` slices:
+    the same loss and gradients (up to float rounding: GroupNorm has no batch statistics) with the
+    activations of one slice at a time. One loss function (slice_losses) serves both."""
+    n = len(inputs)
     w_real, w_replay = strategy.loss_weights(k, replay is not None)
-    d = eps[0].numel()
-    on_real = replay is not None and replay.x is None  # LwF-like: the replay target applies to the real rows
     opt.zero_grad(set_to_none=True)
     tot_real = torch.zeros((), device=x0.device)
     tot_rep = torch.zeros((), device=x0.device)
     tot_pen = torch.zeros((), device=x0.device)
     cuts = [round(i * n / micro) for i in range(micro + 1)]
     w_t = loss_weight(tt) if loss_weight is not None else None
-
-    def sq(diff: torch.Tensor, lo: int) -> torch.Tensor:
-        """Summed squared error of rows lo.. of the student batch (weighted per sample with a loss weighting)."""
-        e = diff ** 2
-        if w_t is None:
-            return e.sum()
-        return (w_t[lo:lo + len(e)].view(-1, *([1] * (e.dim() - 1))) * e).sum()
-
     for i in range(micro):
         a, b = cuts[i], cuts[i + 1]
         if a == b:
@@ -487,17 +592,7 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
         with sync:
             with autocast():
                 out = model(inputs[a:b], tt[a:b])
-            out = out.float()
-            r_end = min(b, n_real)
-            part_real = sq(out[: max(0, r_end - a)] - eps[a:r_end], a) / (n_real * d) if a < n_real \
-                else out.new_zeros(())
-            part_rep = out.new_zeros(())
-            if replay is not None:
-                if on_real and a < n_real:
-                    part_rep = sq(out[: r_end - a] - replay.target[a:r_end], a) / (n_real * d)
-                elif not on_real and b > n_real:
-                    lo = max(a, n_real)
-                    part_rep = sq(out[lo - a:] - replay.target[lo - n_real:b - n_real], lo) / ((n - n_real) * d)
+            part_real, part_rep = slice_losses(out.float(), a, b, eps, replay, w_t, n)
             loss = w_real * part_real + w_replay * part_rep
             if i == 0:
                 pen = strategy.penalty(base)
@@ -509,32 +604,7 @@ def _micro_step(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, auto
         tot_rep += part_rep.detach()
     total = w_real * tot_real + w_replay * tot_rep + tot_pen
     return _apply_step(model, base, opt, strategy, total, tot_real, tot_rep, n, replay, k, step, run_dir, env,
-                       nan_policy, grad_clip, backward=False)
-
-
-def _save(run_dir, cfg, data, model, strategy, opt, clf, gen, data_gen, where: dict, extra: dict,
-          task_state: dict | None = None, env: DistEnv | None = None, ema=None) -> None:
-    """Write a checkpoint (rank 0; with several ranks a collective: all call it, all leave together)."""
-    rng = _rng_state(gen, data_gen, env)
-    if env is not None and not env.main:
-        env.barrier()
-        return
-    state = {"model": model.state_dict(), "strategy": strategy.state_dict(),
-             "optimizer": opt.state_dict() if opt is not None else {}, "rng": rng}
-    if clf is not None:
-        state["classifier"] = clf.state_dict()
-    if ema is not None:
-        state["ema"] = ema.state_dict()
-    if task_state is not None:
-        state["task"] = task_state
-    name = f"task_{where['task']:02d}" if extra.get("complete", True) else \
-        f"task_{where['task']:02d}_step_{where['step']:07d}"
-    save_checkpoint(run_dir, name, state, {**where, "complete": True, **extra, "config": cfg.to_dict(),
-                                           "tasks": [list(t) for t in data.tasks],
-                                           "world_size": env.world if env is not None else 1},
-                    keep=cfg.train.keep_checkpoints)
-    if env is not None:
-        env.barrier()
+                       nan_policy, grad_clip)
 
 
 def _task0_budget(t: dict) -> tuple:

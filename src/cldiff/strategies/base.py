@@ -152,7 +152,7 @@ class TeacherStrategy(ReplayStrategy):
         self.teacher = None
 
     def end_task(self, model, ctx) -> None:
-        # Refreshed once per task, never during one (PROTOCOL.md section 3).
+        # Refreshed once per task, never during one (docs/protocol.md §3).
         self.teacher = frozen_copy(ctx.teacher_source if ctx.teacher_source is not None else model)
         # Under bf16 autocast the teacher keeps bf16 weights: autocast would round its convolution and linear
         # weights to bf16 at every forward anyway; stored once, the casts go (measured with `cldiff bench

@@ -1,4 +1,4 @@
-"""Distillation variants of PROTOCOL.md section 3: LwF-like, Gaussian and partial-generation distillation."""
+"""Distillation variants of docs/protocol.md §3: LwF-like, Gaussian and partial-generation distillation."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Generative replay (GR) and generative distillation (GD), PROTOCOL.md section 3.
+"""Generative replay (GR) and generative distillation (GD), docs/protocol.md §3.
 
 Both draw B replay samples every minibatch, generated on the fly by the frozen
 teacher with S DDIM steps (eta configurable, 0 by default):
