@@ -48,3 +48,13 @@ def test_replay_pool_flops_count_the_amortised_generation():
     fwd = fc.get_total_flops()
     # 4 timed iterations, one pool refill of B images (2 DDIM steps): 2 of the 2 x 4 generation forwards remain
     assert gd["flops_per_iter"] - pool["flops_per_iter"] == 2 * fwd * 3 / 4
+
+
+def test_cpu_features_tell_amx_from_avx512_bf16():
+    from cldiff.bench import _cpu_line, cpu_features
+    amx = cpu_features("processor : 0\nmodel name : Xeon X\nflags : fpu avx512_bf16 amx_bf16 amx_tile\n")
+    plain = cpu_features("model name : EPYC Y\nflags : fpu avx512f avx512_bf16\n")
+    assert amx == {"model": "Xeon X", "amx_bf16": True, "avx512_bf16": True}
+    assert plain == {"model": "EPYC Y", "amx_bf16": False, "avx512_bf16": True}
+    assert "AMX" in _cpu_line(amx) and "no AMX" in _cpu_line(plain)
+    assert cpu_features("")["model"] == "unknown"

@@ -184,3 +184,18 @@ def test_classifier_probe_script_trains_a_copy_and_leaves_the_run_alone(run3, tm
     r = subprocess.run(["bash", script, str(run3), "4", str(bad)], capture_output=True, text=True, timeout=60,
                        env=env)
     assert r.returncode == 2 and "task_03.pt" in r.stderr and not bad.exists()
+
+
+def test_classifier_modes_are_objects_the_config_knows():
+    from cldiff.classifier import MODES
+    from cldiff.config import ConfigError, load_config
+    from conftest import CONFIGS
+    tasks = [(2, 6), (1, 8), (4, 5)]
+    assert MODES["joint"].classes(2, tasks) == [2, 6, 1, 8, 4, 5] and MODES["naive"].classes(2, tasks) == [4, 5]
+    assert [m for m in MODES if MODES[m].uses_generator] == ["generative"]
+    assert not MODES["generative"].replays(1, None) and MODES["generative"].replays(1, object())
+    assert MODES["real_replay"].replays(1, None) and not MODES["naive"].replays(3, object())
+    for name in MODES:  # every mode loads; an unknown one is refused, naming the allowed ones
+        load_config(CONFIGS / "split_fmnist" / "smoke.yaml", [f"classifier.mode={name}"])
+    with pytest.raises(ConfigError, match="classifier.mode"):
+        load_config(CONFIGS / "split_fmnist" / "smoke.yaml", ["classifier.mode=hybrid"])

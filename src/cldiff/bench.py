@@ -38,6 +38,25 @@ def _matmul_peak(dtype_name: str, n: int, seconds: float, threads: int | None) -
     return {"dtype": dtype_name, "n": n, "flops_per_s": best}
 
 
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and the matrix features that decide bf16 speed (amx_bf16, avx512_bf16), from
+    /proc/cpuinfo (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model or "unknown", "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
+
+
 def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool,
            opts: dict | None = None):
     import torch
@@ -88,7 +107,7 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
     flops = fc.get_total_flops()
     if getattr(st, "pool_every", 1) > 1:
         # the counted step may or may not refill the pool: count the mean teacher work of the timed steps instead
-        counted = st.teacher_steps * st._generated + len(x0)
+        counted = st.teacher_steps * st.generated + len(x0)
         with FlopCounterMode(display=False) as fc1, torch.no_grad():
             model(x0[:1], torch.zeros(1, dtype=torch.long))
         flops += fc1.get_total_flops() * (teacher / iters - counted)
@@ -212,12 +231,15 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
               peak_n: int = 2048) -> dict:
     import torch
     out = {"preset": preset, "batch": batch, "precision": precision, "threads": threads or torch.get_num_threads(),
-           "torch": torch.__version__, "fused_adam": fused, "iters": iters}
+           "torch": torch.__version__, "fused_adam": fused, "iters": iters, "cpu": cpu_features()}
     out["peak"] = {d: _in_child(_matmul_peak, d, peak_n, 3.0, threads)["flops_per_s"] for d in ("bfloat16", "float32")}
+    import dataclasses
+
+    from .strategies import REGISTRY
     rows = []
     for name in strategies:
         spec = {"name": name}
-        if name in ("generative_replay", "generative_distillation", "partial_generation_distillation"):
+        if "teacher_steps" in {f.name for f in dataclasses.fields(REGISTRY[name])}:  # strategies that generate
             spec["teacher_steps"] = teacher_steps
         r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused)
         r["frac_bf16_peak"] = r["flops_per_s"] / out["peak"]["bfloat16"]
@@ -241,6 +263,7 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
 def format_table(res: dict) -> str:
     lines = [f"preset {res['preset']}, batch {res['batch']}, precision {res['precision']}, threads {res['threads']}, "
              f"torch {res['torch']}",
+             _cpu_line(res.get("cpu")),
              f"matmul peak: bf16 {res['peak']['bfloat16'] / 1e12:.2f} TFLOP/s, fp32 {res['peak']['float32'] / 1e12:.2f} TFLOP/s",
              "",
              f"{'strategy':36s} {'s/iter':>8s} {'img/s':>8s} {'student/s':>10s} {'GFLOP/it':>9s} {'TFLOP/s':>8s} "
@@ -269,8 +292,20 @@ def format_ablation(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_line(cpu: dict | None) -> str:
+    if not cpu:
+        return "cpu: not recorded"
+    kind = "AMX (amx_bf16)" if cpu["amx_bf16"] else ("avx512_bf16, no AMX" if cpu["avx512_bf16"] else "no bf16 matrix units")
+    return f"cpu: {cpu['model']}; {kind}"
+
+
 def main_bench(args) -> int:
-    res = run_bench(args.preset, args.batch, tuple(args.strategies.split(",")), args.iters, args.warmup,
+    from .strategies import REGISTRY
+    names = tuple(sorted(REGISTRY)) if args.strategies == "all" else tuple(args.strategies.split(","))
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(REGISTRY))} or all")
+    res = run_bench(args.preset, args.batch, names, args.iters, args.warmup,
                     args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused)
     if args.ablation:
         skip = () if args.compile else ("torch.compile (student)",)

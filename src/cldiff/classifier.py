@@ -84,6 +84,70 @@ def forgetting(acc_rows: list[list[float]]) -> float | None:
     return float(np.mean([max(acc_rows[l][j] for l in range(j, k)) - acc_rows[k][j] for j in range(k)]))
 
 
+class ClassifierMode:
+    """What a classifier mode changes (config classifier.mode): the classes a task trains on, whether it replays
+    and from where. The default is the naive mode: the task's own classes, no replay."""
+
+    name = "naive"
+    uses_generator = False  # replays from the diffusion model frozen at the end of the previous task
+
+    def classes(self, k: int, tasks) -> list[int]:
+        return list(tasks[k])
+
+    def replays(self, k: int, generator_model) -> bool:
+        return False
+
+    def pool(self, clf: "ContinualClassifier", k: int, data, generator_model, schedule, autocast, shape):
+        """A fixed set of replay images for task k, or None to generate fresh ones every iteration."""
+        return None
+
+
+class JointMode(ClassifierMode):
+    """The upper bound: every class seen so far, from real images, no replay."""
+
+    name = "joint"
+
+    def classes(self, k: int, tasks) -> list[int]:
+        return [x for t in tasks[: k + 1] for x in t]
+
+
+class GenerativeMode(ClassifierMode):
+    """The paper's protocol (docs/protocol.md §5): replay from the frozen diffusion model, soft targets from the
+    frozen classifier; with classifier.replay_pool, one pool of generated images per task."""
+
+    name = "generative"
+    uses_generator = True
+
+    def replays(self, k: int, generator_model) -> bool:
+        return generator_model is not None and k >= 1
+
+    def pool(self, clf, k, data, generator_model, schedule, autocast, shape):
+        c = clf.cfg
+        if not c.replay_pool:
+            return None
+        # amortised replay: one pool per task instead of fresh images every iteration
+        return generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
+                        int(torch.randint(0, 2**31 - 1, (1,), generator=clf.gen)), GENERATION_BATCH, clf.device,
+                        autocast, shape)
+
+
+class RealReplayMode(ClassifierMode):
+    """The same replay and distillation with a perfect generator: a pool of real images of the earlier tasks."""
+
+    name = "real_replay"
+
+    def replays(self, k: int, generator_model) -> bool:
+        return k >= 1
+
+    def pool(self, clf, k, data, generator_model, schedule, autocast, shape):
+        xp, _ = data.train([x for t in data.tasks[:k] for x in t])
+        return xp[torch.randperm(len(xp), generator=clf.gen)[: clf.cfg.replay_pool or 2000]]
+
+
+MODES: dict[str, ClassifierMode] = {m.name: m for m in (GenerativeMode(), ClassifierMode(), JointMode(),
+                                                         RealReplayMode())}
+
+
 class ContinualClassifier:
     """Holds the classifier, its frozen previous copy and its accuracy matrix across tasks."""
 
@@ -100,21 +164,12 @@ class ContinualClassifier:
         """Train on task k (replay from ``generator_model``, the frozen diffusion model of task k-1).
         The classifier's forward passes run under ``autocast`` too (the run's precision)."""
         c = self.cfg
-        classes = list(data.tasks[k]) if c.mode != "joint" else [x for t in data.tasks[: k + 1] for x in t]
-        x, y = data.train(classes)
+        mode = MODES[c.mode]
+        x, y = data.train(mode.classes(k, data.tasks))
         opt = torch.optim.Adam(self.net.parameters(), lr=c.lr)
-        replay = (c.mode == "generative" and generator_model is not None or c.mode == "real_replay") and k >= 1
-        pool = None
+        replay = mode.replays(k, generator_model)
         t0 = time.perf_counter()
-        if c.mode == "real_replay" and replay:
-            # the same protocol with a perfect generator: a pool of real training images of the earlier tasks
-            xp, _ = data.train([x for t in data.tasks[:k] for x in t])
-            pool = xp[torch.randperm(len(xp), generator=self.gen)[: c.replay_pool or 2000]]
-        elif replay and c.replay_pool:
-            # amortised replay: one pool per task instead of fresh images every iteration
-            pool = generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
-                            int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)), GENERATION_BATCH, self.device, autocast,
-                            tuple(x.shape[1:]))
+        pool = mode.pool(self, k, data, generator_model, schedule, autocast, tuple(x.shape[1:])) if replay else None
         gen_s = time.perf_counter() - t0
         iters = int(round(c.epochs * ((len(x) + c.batch_size - 1) // c.batch_size)))
         w = 1.0 / (k + 1)

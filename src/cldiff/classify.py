@@ -47,7 +47,7 @@ def _complete_tasks(run_dir: Path) -> dict[int, dict]:
 def classify_run(run_dir: str | Path, overrides: list[str] | None = None, threads: int | None = None,
                  restart: bool = False, log=print) -> Path:
     """Train the classifier over the run's finished tasks; returns the path of classifier.jsonl."""
-    from .classifier import ContinualClassifier
+    from .classifier import MODES, ContinualClassifier
     from .data import ContinualData
     from .model import NoiseSchedule, autocast_for
     from .runfolder import load_model
@@ -61,7 +61,7 @@ def classify_run(run_dir: str | Path, overrides: list[str] | None = None, thread
     if not done:
         raise CheckpointError(f"{run_dir}: no end-of-task checkpoint; finish at least one task first")
     n_tasks = max(done) + 1  # the tasks the run has finished
-    if c.mode == "generative":
+    if MODES[c.mode].uses_generator:
         # task k replays from the model of task k-1; the last finished task's own model is not needed
         missing = [j for j in range(n_tasks - 1) if j not in done]
         if missing:
@@ -97,7 +97,7 @@ def classify_run(run_dir: str | Path, overrides: list[str] | None = None, thread
     for k in range(start, n_tasks):
         t0 = time.perf_counter()
         gen_model = None
-        if c.mode == "generative" and k >= 1:
+        if MODES[c.mode].uses_generator and k >= 1:
             gen_model, _, _, _ = load_model(done[k - 1]["path"], device)
             gen_model.requires_grad_(False)
         rec = clf.train_task(k, data, gen_model, schedule, autocast)

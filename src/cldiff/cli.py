@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", default="small", help="UNet preset (default small)")
     b.add_argument("--batch", type=int, default=64, help="real images per iteration (default 64)")
     b.add_argument("--strategies", default="naive,generative_replay,generative_distillation",
-                   help="comma-separated strategies")
+                   help="comma-separated strategies, or 'all' for every registered one")
     b.add_argument("--iters", type=int, default=5, help="timed iterations per strategy (default 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     b.add_argument("--teacher-steps", type=int, default=2, help="DDIM steps of replay generation (default 2)")

@@ -34,6 +34,7 @@ class _TeacherReplay(TeacherStrategy):
     def __post_init__(self):
         super().__post_init__()
         self._pool, self._pool_age = None, 0
+        self.generated = 0  # replay images the teacher generated in the last step (0: all drawn from the pool)
 
     def check(self) -> list[str]:
         p = super().check()
@@ -54,15 +55,15 @@ class _TeacherReplay(TeacherStrategy):
             z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
             x0_tilde = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
                                    ctx.generator, ctx.autocast)
-            self._generated = b
+            self.generated = b
         else:
-            self._generated = 0
+            self.generated = 0
             if self._pool is None or self._pool_age >= self.pool_every:
                 n = self.pool_size or b
                 z = torch.randn((n, *ctx.x0.shape[1:]), generator=ctx.generator, device=dev)
                 self._pool = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta,
                                          ctx.generator, ctx.autocast)
-                self._pool_age, self._generated = 0, n
+                self._pool_age, self.generated = 0, n
             self._pool_age += 1
             pick = torch.randint(0, len(self._pool), (b,), generator=ctx.generator, device=dev)
             x0_tilde = self._pool[pick]
@@ -96,7 +97,7 @@ class GenerativeReplay(_TeacherReplay):
         if self.teacher is None:  # task 0 never replays
             return None
         x, t, e = self._replay_inputs(ctx)
-        return Replay(target=e, x=x, t=t, teacher_images=self.teacher_steps * self._generated)
+        return Replay(target=e, x=x, t=t, teacher_images=self.teacher_steps * self.generated)
 
 
 @register
@@ -111,4 +112,4 @@ class GenerativeDistillation(_TeacherReplay):
             return None
         x, t, _ = self._replay_inputs(ctx)
         target = predict_eps(self.teacher, x, t, ctx.autocast)
-        return Replay(target=target, x=x, t=t, teacher_images=self.teacher_steps * self._generated + x.shape[0])
+        return Replay(target=target, x=x, t=t, teacher_images=self.teacher_steps * self.generated + x.shape[0])
