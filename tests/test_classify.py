@@ -1,6 +1,5 @@
 """`cldiff classify`: the classifier protocol on a finished run, replaying from its end-of-task checkpoints."""
 import json
-import os
 import subprocess
 import sys
 
@@ -158,32 +157,6 @@ def test_classify_refuses_run_settings_and_pruned_checkpoints(run3, tmp_path):
     r = subprocess.run([sys.executable, "-m", "cldiff", "classify", str(run3), "--set", "seed=1"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "only classifier" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_classifier_probe_script_trains_a_copy_and_leaves_the_run_alone(run3, tmp_path):
-    """scripts/classifier_probe.sh: the classifier with other settings on a copy of a run's first tasks."""
-    from conftest import ROOT
-    classify_run(run3, CLF, restart=True, log=lambda m: None)
-    before = (run3 / "classifier.jsonl").read_bytes()
-    env = {**os.environ, "CL": f"{sys.executable} -m cldiff"}
-    script = str(ROOT / "scripts" / "classifier_probe.sh")
-    probe = tmp_path / "probe"
-    args = ["--set", "classifier.kd_direction=paper", "--set", "classifier.replay_pool=16",
-            "--set", "classifier.replay_steps=2", "--set", "classifier.batch_size=16"]
-    r = subprocess.run(["bash", script, str(run3), "2", str(probe), *args], capture_output=True, text=True,
-                       timeout=300, env=env)
-    assert r.returncode == 0, r.stderr
-    recs = _evals(probe)
-    # the later --set options win over the script's defaults (epochs 5 stays, the pool is 16)
-    assert recs[0]["kd_direction"] == "paper" and recs[0]["replay_pool"] == 16 and recs[0]["epochs"] == 5
-    assert [r["task"] for r in recs if r["event"] == "classifier_eval"] == [0, 1]  # only the tasks copied
-    assert sorted(p.name for p in (probe / "checkpoints").glob("*.pt")) == ["task_00.pt", "task_01.pt"]
-    assert (run3 / "classifier.jsonl").read_bytes() == before  # the run's own classifier is untouched
-    # more tasks than the run has: refused before anything is copied
-    bad = tmp_path / "bad"
-    r = subprocess.run(["bash", script, str(run3), "4", str(bad)], capture_output=True, text=True, timeout=60,
-                       env=env)
-    assert r.returncode == 2 and "task_03.pt" in r.stderr and not bad.exists()
 
 
 def test_classifier_modes_are_objects_the_config_knows():

@@ -5,13 +5,13 @@
 # replay and joint, with the classifier (the paper's 20 epochs; replay from a pool of 2,000 images per task
 # instead of fresh replay every iteration). Task 0 is trained once, in the GD run, and shared (train.init_from);
 # then the three runs train side by side on the one GPU.
-#   bash scripts/repro_gpu_probe.sh 42                  # EPOCHS=10 by default
-#   EPOCHS=100 bash scripts/repro_gpu_probe.sh 42       # the paper's budget
+#   bash docs/results/split_fmnist_gpu_probe/run.sh 42                  # EPOCHS=10 by default
+#   EPOCHS=100 bash docs/results/split_fmnist_gpu_probe/run.sh 42       # the paper's budget
 # Runs go to $RUNS/NAME_ep$EPOCHS_seed$SEED (RUNS defaults to runs/split_fmnist_gpu), logs beside them. Rerun the
 # same command after an interruption: every run resumes from its newest end-of-task checkpoint.
 # EXTRA: more `--set` overrides for every run (e.g. a tiny model to try the script on a CPU).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 SEED=${1:?usage: [EPOCHS=N] [RUNS=DIR] repro_gpu_probe.sh SEED}
 EPOCHS=${EPOCHS:-10}
 RUNS=${RUNS:-runs/split_fmnist_gpu}

@@ -5,7 +5,7 @@ real training images with a uniform class mix, real training images with the cla
 had (its hist_pred after the last task, from RUN/metrics.jsonl), Gaussian noise and a flat grey image.
 Real images with a run's class mix tell how much of that run's FID its class imbalance alone explains.
 
-    .venv/bin/python scripts/fid_reference_points.py runs/split_fmnist_cpu/generative_distillation_seed42 ...
+    .venv/bin/python docs/results/split_fmnist_cpu/probes/fid_reference_points.py runs/split_fmnist_cpu/generative_distillation_seed42 ...
 """
 import json
 import sys

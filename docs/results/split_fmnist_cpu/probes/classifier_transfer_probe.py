@@ -21,7 +21,7 @@ carry the teacher's knowledge to real images: the generator, not the protocol, l
    images a task-1 class.
 Also printed: how the evaluator and the teacher label the generated images.
 
-    .venv/bin/python scripts/classifier_transfer_probe.py runs/split_fmnist_cpu/generative_distillation_seed42
+    .venv/bin/python docs/results/split_fmnist_cpu/probes/classifier_transfer_probe.py runs/split_fmnist_cpu/generative_distillation_seed42
 """
 import argparse
 import copy

@@ -10,12 +10,12 @@
 #     Joint trains 2 x 94 x EPOCHS steps of 128 per later task: as many images as GD's 128 real + 128 replayed per
 #     step (the `cpu` joint preset's rule), not the paper's epochs over every image seen so far.
 # The two groups run side by side; every run is its own process (one GPU is far from busy with one of them).
-#   bash scripts/repro_gpu_levers.sh 42                 # EPOCHS=4 by default
+#   bash docs/results/split_fmnist_gpu_levers/run.sh 42                 # EPOCHS=4 by default
 # Runs go to $RUNS/{cpu,paper}_NAME..._seed$SEED (RUNS defaults to runs/split_fmnist_gpu_levers), logs beside them.
 # Rerun the same command after an interruption: every run resumes from its newest checkpoint.
 # EXTRA_CPU / EXTRA_PAPER: more `--set` overrides for the two groups (e.g. a tiny model to try the script on a CPU).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."
 SEED=${1:?usage: [EPOCHS=N] [RUNS=DIR] repro_gpu_levers.sh SEED}
 EPOCHS=${EPOCHS:-4}
 RUNS=${RUNS:-runs/split_fmnist_gpu_levers}
@@ -28,6 +28,9 @@ xc=(${EXTRA_CPU:-})
 # shellcheck disable=SC2206
 xp=(${EXTRA_PAPER:-})
 common=(--no-progress --resume --set seed="$SEED" --set train.threads=2)
+# the `cpu` presets as they were for these runs: before the training recipe (docs/recipe.md)
+xc=(--set train.ema_decay=null --set train.lr_schedule=constant --set train.warmup_steps=0
+    --set train.loss_weighting=none "${xc[@]}")
 steps=${STEPS:-$((94 * EPOCHS))}  # STEPS overrides; the paper's 94 iterations per epoch (12,000 images, batch 128)
 paper=(--set train.steps_per_task=$steps --set eval.n_samples=2000 --set eval.batch_size=1000)
 

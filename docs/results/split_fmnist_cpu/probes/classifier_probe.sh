@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The classifier (docs/protocol.md §5) on a finished run with other classifier settings, without touching the
 # run's own classifier results (README, "The classifier"):
-#   bash scripts/classifier_probe.sh RUN_FOLDER TASKS PROBE_FOLDER [--set classifier.KEY=VALUE ...]
-#   bash scripts/classifier_probe.sh runs/split_fmnist_cpu/generative_distillation_seed42 5 \
+#   bash docs/results/split_fmnist_cpu/probes/classifier_probe.sh RUN_FOLDER TASKS PROBE_FOLDER [--set classifier.KEY=VALUE ...]
+#   bash docs/results/split_fmnist_cpu/probes/classifier_probe.sh runs/split_fmnist_cpu/generative_distillation_seed42 5 \
 #     runs/split_fmnist_cpu/probes/kd_paper_gd_seed42 --set classifier.kd_direction=paper
 # Copies the run's config, metrics and the end-of-task checkpoints of its first TASKS tasks to PROBE_FOLDER and
 # trains the classifier there with `cldiff classify` (the reports' settings, 5 epochs per task and a replay pool of
 # 2,000 images, one thread; the --set options come after them and override them). Results:
 # PROBE_FOLDER/classifier.jsonl. Rerun the same command after an interruption to continue with the next task.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../../.."
 usage="usage: classifier_probe.sh RUN_FOLDER TASKS PROBE_FOLDER [--set classifier.KEY=VALUE ...]"
 RUN=${1:?$usage}
 TASKS=${2:?$usage}
