@@ -178,3 +178,32 @@ def test_class_histograms_name_the_classes():
     names = class_names("fashion_mnist", 10)
     assert names[0] == "0 T-shirt" and names[9] == "9 ankle boot" and len(names) == 10
     assert class_names("synthetic", 3) == ["0", "1", "2"]  # a set without names: the numbers
+
+
+def test_reference_points_are_scored_like_the_runs(tmp_path, fake_fmnist, synthetic_evaluator):
+    # a synthetic-data run whose samples were all predicted as class 0: real images in that mix score worse than
+    # real images of the seen classes in equal shares, and noise worst; without an evaluator the report says why
+    from cldiff.report import reference_points
+    f = _fake_run(tmp_path / "gd", 42, "generative_distillation", [10, 20], [0.1, 0.2])
+    cfg = yaml.safe_load((f / "config.yaml").read_text())
+    cfg["data"].update({"dataset": "synthetic", "class_order": [[0, 1], [2, 3]], "num_tasks": 2})
+    cfg["eval"]["n_samples"] = 200
+    cfg["train"]["steps_per_task"] = 10
+    (f / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = (f / "metrics.jsonl").read_text().replace('"hist_pred": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]',
+                                                       '"hist_pred": [1.0, 0, 0, 0, 0, 0, 0, 0, 0, 0]')
+    (f / "metrics.jsonl").write_text(lines)
+    from cldiff.report import load_run, summarise
+    groups = summarise([load_run(f)])
+    rows, why = reference_points(groups, synthetic_evaluator)
+    assert why is None and len(rows) == 3
+    fid = {what.split(" (")[0].split(",")[0]: m["fid_synthetic"] for what, m in rows}
+    real = next(v for k, v in fid.items() if k.startswith("real training images of the seen classes"))
+    mix = next(v for k, v in fid.items() if "class mix" in k)
+    noise = next(v for k, v in fid.items() if k.startswith("Gaussian noise"))
+    assert real < mix < noise
+    assert rows[2][1]["kld"] > 1.0 > rows[0][1]["kld"]  # one class of four: a large KLD; equal shares: small
+    md = (make_report([f], tmp_path / "rep", evaluator=synthetic_evaluator) / "report.md").read_text()
+    assert "Reference points" in md and "Gaussian noise" in md
+    md = (make_report([f], tmp_path / "rep2") / "report.md").read_text()  # the test cache has no evaluator
+    assert "no cached evaluator" in md

@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                        "report.md, results.json, results.csv and PNG plots.")
     r.add_argument("runs", nargs="+", help="run folders")
     r.add_argument("--out", required=True, help="report folder")
+    r.add_argument("--no-reference", action="store_true",
+                   help="leave out the reference points (real and noise image sets scored like the runs)")
 
     sw = sub.add_parser("sweep", help="run a grid of runs (strategies x fields x seeds), then the report",
                         description="Run every run of a sweep file; finished runs are skipped, interrupted ones "
@@ -198,7 +200,7 @@ def _dispatch(args, parser) -> int:
         return 0
     if args.cmd == "report":
         from .report import make_report
-        out = make_report([Path(r) for r in args.runs], Path(args.out))
+        out = make_report([Path(r) for r in args.runs], Path(args.out), reference=not args.no_reference)
         print(f"report: {out / 'report.md'}")
         return 0
     if args.cmd == "bench":

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from .checkpoint import atomic_write_bytes
@@ -137,6 +138,7 @@ def summarise(runs: list[dict]) -> list[dict]:
             if rows:
                 per_task[k] = {m: mean_sem([row.get(m) for row in rows]) for m in (fid_key, "kld", "ard")}
         g = {"label": rs[0]["label"], "strategy": rs[0]["strategy"], "seeds": [r["seed"] for r in rs],
+             "config": (row_runs or rs)[0]["config"],
              "dataset": rs[0]["config"].get("data", {}).get("dataset"),
              "complete_seeds": [r["seed"] for r in row_runs], "fid_key": fid_key,
              "behind": {str(r["seed"]): k + 1 for r, k in zip(rs, reached) if k < last},  # seed -> tasks done
@@ -286,8 +288,73 @@ def _slug(label: str, limit: int = 180) -> str:
     return slug[:limit] + "_" + hashlib.sha256(label.encode()).hexdigest()[:10]
 
 
-def make_report(run_dirs: list[Path], out: Path) -> Path:
-    """Write report.md, results.json, results.csv, plots and sample grids into ``out``."""
+REFERENCE_SEED = 0
+
+
+def _real_with_mix(x: torch.Tensor, y: np.ndarray, hist, n: int, rng) -> torch.Tensor:
+    """n real images drawn (without replacement within a class) with the class shares ``hist``."""
+    hist = np.asarray(hist, float)
+    counts = rng.multinomial(n, hist / hist.sum())
+    idx = [rng.choice(np.flatnonzero(y == c), size=k, replace=k > int((y == c).sum()))
+           for c, k in enumerate(counts) if k]
+    return x[torch.from_numpy(np.concatenate(idx))]
+
+
+def reference_points(groups: list[dict], evaluator=None) -> tuple[list[tuple[str, dict]], str | None]:
+    """Image sets scored exactly as each group's last evaluation is (the same evaluator, sample count and seen
+    classes), so a reader can place its FID: real training images of the seen classes in equal shares, real
+    training images in the group's own class mix (what its class balance alone costs), and clipped noise.
+
+    Returns (rows of (what, metrics)), and a reason when there are none (no cached evaluator, no data)."""
+    from .config import ConfigError, config_from_dict
+    from .data import ContinualData, DataError
+    from .evaluate import find_evaluator, load_evaluator, score_samples
+
+    rows, done = [], set()
+    for g in groups:
+        if g.get("hist_pred") is None:
+            continue
+        try:
+            cfg = config_from_dict(g["config"])
+        except ConfigError as e:
+            return [], f"the config of {g['label']} does not load with this version ({e.problems[0]})"
+        if evaluator is None or evaluator.dataset != cfg.data.dataset:
+            path = find_evaluator(cfg.data.dataset)
+            if path is None:
+                return [], (f"no cached evaluator for {cfg.data.dataset} (`cldiff evaluator train` makes it), so "
+                            "no reference points")
+            evaluator = load_evaluator(path)
+        try:
+            data = ContinualData.from_config(cfg)
+            x, y = data.train(list(range(data.spec.num_classes)))
+        except DataError as e:
+            return [], f"the data set is not here ({str(e).splitlines()[0]}), so no reference points"
+        y = y.numpy()
+        classes = sorted({c for t in data.tasks[: g["final_task"] + 1] for c in t})
+        n = cfg.eval.n_samples
+        rng = np.random.default_rng(REFERENCE_SEED)
+        key = (cfg.data.dataset, tuple(classes), n)
+        sets = []
+        if key not in done:
+            done.add(key)
+            names = class_names(cfg.data.dataset, data.spec.num_classes)
+            uniform = [1.0 if c in classes else 0.0 for c in range(data.spec.num_classes)]
+            sets.append((f"real training images of the seen classes ({', '.join(names[c] for c in classes)}), "
+                         f"equal shares, {n}", _real_with_mix(x, y, uniform, n, rng)))
+            noise = torch.randn((n, *x.shape[1:]), generator=torch.Generator().manual_seed(REFERENCE_SEED))
+            sets.append((f"Gaussian noise N(0, 1) clipped to [-1, 1], {n}", noise.clamp(-1, 1)))
+        sets.append((f"real training images in the class mix of {g['label']}'s samples, {n}",
+                     _real_with_mix(x, y, g["hist_pred"], n, rng)))
+        for what, imgs in sets:
+            rows.append((what, score_samples(imgs, evaluator, cfg.data.dataset, classes, data=data)))
+    return rows, None
+
+
+def make_report(run_dirs: list[Path], out: Path, reference: bool = True, evaluator=None) -> Path:
+    """Write report.md, results.json, results.csv, plots and sample grids into ``out``.
+
+    ``reference``: add reference points to the results table (real and noise image sets scored like the runs;
+    needs the cached evaluator and the data set, and is left out with a note where either is missing)."""
     runs = [load_run(Path(d)) for d in run_dirs]
     if not runs:
         raise ValueError("no run folders given")
@@ -333,6 +400,16 @@ def make_report(run_dirs: list[Path], out: Path) -> Path:
             f"{_fmt(*f[fid_key])} | {_fmt(*f['kld'], 3)} | {_fmt(*f['ard'], 3)} | {paper.get('fid', '—')} | "
             f"{paper.get('kld', '—')} | {w / 60 if w else 0:.1f} | {g['images_trained'][0] or 0:,.0f} | "
             f"{g['teacher_image_forwards'][0] or 0:,.0f} |")
+    if reference:
+        refs, why = reference_points(groups, evaluator)
+        if refs:
+            lines += ["", "Reference points, scored exactly like the runs above (same evaluator, same number of images, "
+                      "against the same test images); not runs:", "",
+                      f"| image set | {fid_key} | KLD | ARD |", "|---|---|---|---|"]
+            lines += [f"| {what} | {m.get(fid_key, float('nan')):.2f} | {m['kld']:.3f} | {m['ard']:.3f} |"
+                      for what, m in refs]
+        elif why:
+            lines += ["", f"(Reference points: {why}.)"]
     if any(g["classifier"] for g in groups):
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
                   "Classifier mode: generative = replay from this run's diffusion model (docs/protocol.md §5); "

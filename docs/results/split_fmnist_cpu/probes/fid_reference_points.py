@@ -28,7 +28,7 @@ def real_with_mix(x, y, hist, rng):
 
 
 def main(runs):
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/split_fmnist/cpu/generative_distillation.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[4] / "configs/split_fmnist/cpu/generative_distillation.yaml")
     data = ContinualData.from_config(cfg)
     ev = get_evaluator(cfg.data.dataset, torch.device("cpu"), cfg.data.root)
     classes = list(range(10))
