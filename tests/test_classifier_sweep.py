@@ -74,6 +74,7 @@ def test_replay_uses_frozen_copies_and_as_many_replay_as_real(monkeypatch):
     assert any(not torch.equal(prev_state[k], v) for k, v in clf.net.state_dict().items())
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_run_with_classifier_logs_accuracy_matrix(fake_fmnist, tmp_path):
     from cldiff.train import train
     cfg = load_config(CONFIGS / "split_fmnist" / "smoke.yaml", smoke_overrides(fake_fmnist) + [
@@ -86,6 +87,7 @@ def test_run_with_classifier_logs_accuracy_matrix(fake_fmnist, tmp_path):
     assert order[0] == "classifier_eval"  # the classifier trains first within a task
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_sweep_expands_grid_and_skips_finished_runs(fake_fmnist, tmp_path, monkeypatch):
     from cldiff import sweep
     sw = tmp_path / "s.yaml"

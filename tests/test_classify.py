@@ -136,6 +136,7 @@ def test_classify_real_replay_distills_on_real_images_of_earlier_tasks(run3, mon
         assert not any((later.flatten(1) == row).all(1).any() for row in xr.flatten(1))
 
 
+@pytest.mark.slow
 def test_classify_refuses_run_settings_and_pruned_checkpoints(run3, tmp_path):
     with pytest.raises(ConfigError, match="only classifier"):
         classify_run(run3, ["train.lr=0.1"])

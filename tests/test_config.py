@@ -43,6 +43,7 @@ def test_run_name_is_derived_from_settings():
     assert a.run_name() != b.run_name() and "lam0.5" in a.run_name() and "seed42" in a.run_name()
 
 
+@pytest.mark.slow
 def test_cli_config_error_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("strategy: {name: generative_distilation}\ntrain: {steps_per_task: 1, batch_sise: 3}\n")
@@ -52,6 +53,7 @@ def test_cli_config_error_exit_2_without_traceback(tmp_path):
     assert "did you mean 'batch_size'" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_help_on_every_subcommand():
     import argparse
 

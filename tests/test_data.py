@@ -114,6 +114,7 @@ def test_real_fashion_mnist_verifies_and_splits():
     assert -1.0 <= x.min() < -0.99 and 0.99 < x.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "not_idx", "missing", "checksum"])
 def test_cli_broken_data_is_one_line_error(tmp_path, damage, monkeypatch):
     import subprocess

@@ -68,6 +68,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical_replay_differs_eval_gathered(fake_fmnist, tmp_path, fmnist_evaluator):
     rec, run = tmp_path / "rec", tmp_path / "run"
     r = subprocess.run(_torchrun([str(WORKER), str(rec), "--", *_train_args(fake_fmnist, run)]),
@@ -108,6 +109,7 @@ def test_two_ranks_stay_identical_replay_differs_eval_gathered(fake_fmnist, tmp_
     assert len(steps) == len(set(steps)) == 8
 
 
+@pytest.mark.slow
 def test_two_ranks_killed_and_resumed_equal_uninterrupted(fake_fmnist, tmp_path, fmnist_evaluator):
     full, run = tmp_path / "full", tmp_path / "killed"
     longer = ["train.steps_per_task=30"]  # time for the kill to land mid task 1
@@ -141,6 +143,7 @@ def test_two_ranks_killed_and_resumed_equal_uninterrupted(fake_fmnist, tmp_path,
     assert lines(full) == lines(run)
 
 
+@pytest.mark.slow
 def test_batch_must_split_over_ranks(fake_fmnist, tmp_path):
     r = subprocess.run(_torchrun(["-m", "cldiff", "train", *_train_args(fake_fmnist, tmp_path / "r",
                                                                         ["train.batch_size=15"])]),

@@ -149,6 +149,7 @@ def test_real_fid_same_classes_small_different_large():
     assert same * 10 < diff
 
 
+@pytest.mark.slow
 def test_inception_fid_never_downloads_and_says_so(tmp_path):
     import subprocess
     import sys

@@ -122,6 +122,7 @@ def test_recipe_fields_are_validated():
         assert f"train.{field}" in msg
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 @pytest.mark.parametrize("ema_teacher", [True, False])
 def test_ema_run_evaluates_samples_and_teaches_with_the_ema(fake_fmnist, tmp_path, ema_teacher):
     cfg = load_config(SMOKE, smoke_overrides(fake_fmnist) + [

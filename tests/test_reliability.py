@@ -65,6 +65,7 @@ def _wait_for(run, pred, proc, timeout=240):
     raise TimeoutError
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp_path):
     full = tmp_path / "full"
     r = subprocess.run(_cmd(fake_fmnist, full, CLASSIFIER + RECIPE), capture_output=True, text=True, timeout=300)
@@ -88,6 +89,7 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp
     _assert_same_run(full, run)
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_resumes(fake_fmnist, tmp_path):
     full = train(load_config(SMOKE, smoke_overrides(fake_fmnist) + SETS), out=str(tmp_path / "full"), progress=False)
     run = tmp_path / "int"
@@ -130,6 +132,7 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatc
     assert meta["step"] == 1 and torch.equal(state["w"], torch.ones(2))
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_nan_loss_stops_with_the_last_good_checkpoint(fake_fmnist, tmp_path, monkeypatch):
     from cldiff.strategies.basic import Naive
     calls = {"n": 0}
@@ -151,6 +154,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(fake_fmnist, tmp_path, mon
     assert ends[0]["images_trained"] == 120 and ends[1]["images_trained"] == 120 - 16
 
 
+@pytest.mark.slow
 def test_cli_nan_exit_status_3(fake_fmnist, tmp_path):
     args = _cmd(fake_fmnist, tmp_path / "r") + ["--set", "train.lr=1e30", "--set", "train.grad_clip=0"]
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -180,7 +180,7 @@ def test_class_histograms_name_the_classes():
     assert class_names("synthetic", 3) == ["0", "1", "2"]  # a set without names: the numbers
 
 
-def test_reference_points_are_scored_like_the_runs(tmp_path, fake_fmnist, synthetic_evaluator):
+def test_reference_points_are_scored_like_the_runs(tmp_path, synthetic_evaluator, monkeypatch):
     # a synthetic-data run whose samples were all predicted as class 0: real images in that mix score worse than
     # real images of the seen classes in equal shares, and noise worst; without an evaluator the report says why
     from cldiff.report import reference_points
@@ -205,5 +205,6 @@ def test_reference_points_are_scored_like_the_runs(tmp_path, fake_fmnist, synthe
     assert rows[2][1]["kld"] > 1.0 > rows[0][1]["kld"]  # one class of four: a large KLD; equal shares: small
     md = (make_report([f], tmp_path / "rep", evaluator=synthetic_evaluator) / "report.md").read_text()
     assert "Reference points" in md and "Gaussian noise" in md
-    md = (make_report([f], tmp_path / "rep2") / "report.md").read_text()  # the test cache has no evaluator
+    monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path / "empty_cache"))  # no evaluator cached there
+    md = (make_report([f], tmp_path / "rep2") / "report.md").read_text()
     assert "no cached evaluator" in md

@@ -22,6 +22,7 @@ def _cfg(root, *extra):
     return load_config(SMOKE, smoke_overrides(root) + list(extra))
 
 
+@pytest.mark.slow
 def test_cli_train_on_smoke_writes_the_run_folder(fake_fmnist, tmp_path):
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "cldiff", "train", "--config", str(SMOKE), "--out", str(out),
@@ -53,6 +54,7 @@ def test_cli_train_on_smoke_writes_the_run_folder(fake_fmnist, tmp_path):
         assert img.size == (4 * 34 + 2, 4 * 34 + 2)  # 16 samples, 4x4 grid of 32 px with 2 px padding
 
 
+@pytest.mark.slow
 def test_cli_sample_from_a_run(fake_fmnist, tmp_path):
     out = train(_cfg(fake_fmnist, "data.num_tasks=1"), out=str(tmp_path / "r"), progress=False)
     png, npz = tmp_path / "g.png", tmp_path / "g.npz"
@@ -77,6 +79,7 @@ def test_train_step_changes_student_not_teacher(fake_fmnist, tmp_path):
     assert any(not torch.equal(s1["model"][k], v) for k, v in s0["model"].items())
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_resume_after_a_task_equals_the_uninterrupted_run(fake_fmnist, tmp_path):
     cfg = _cfg(fake_fmnist, "train.keep_checkpoints=5")
     full = train(cfg, out=str(tmp_path / "full"), progress=False)
@@ -113,6 +116,7 @@ def test_resume_and_shared_task_0_on_a_gpu(fake_fmnist, tmp_path):
         assert torch.equal(a0["model"][k], b0["model"][k]), k
 
 
+@pytest.mark.slow
 def test_cli_tasks_stops_after_n_tasks_and_resume_continues_as_the_uninterrupted_run(fake_fmnist, tmp_path):
     # both runs in fresh processes with the same thread count (an in-process run would inherit whatever thread
     # count earlier tests left, and bf16 sums differ between thread counts)
@@ -163,6 +167,7 @@ def test_other_core_strategies_run(fake_fmnist, tmp_path, name):
         assert ends[1]["classes"] == [2, 6, 1, 8]
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_shared_task0_gives_the_same_run_as_training_from_scratch(fake_fmnist, tmp_path):
     gd = train(_cfg(fake_fmnist), out=str(tmp_path / "gd"), progress=False)
     scratch = train(_cfg(fake_fmnist, "strategy={name: generative_replay}"), out=str(tmp_path / "gr"), progress=False)
