@@ -5,6 +5,12 @@ t ~ U{0..T-1}, eps ~ N(0, I), x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps; ask
 the strategy for its replay batch; one student forward on [real ; replay];
 loss = w_real MSE(real) + w_replay MSE(replay) (+ the strategy's penalty);
 Adam step with gradient-norm clipping. The loop never asks which strategy runs.
+
+A run is a :class:`Run` (model and its EMA, optimizer, strategy, schedule, generators, precision, the
+distributed environment, the run folder) taken through named phases by :func:`train`: restore or share task 0;
+then per task the classifier phase, training the task, ending it (the strategy's end of task, the sample
+grid), evaluation and the checkpoint. The training recipe (EMA, learning-rate schedule, min-SNR weighting) is in
+docs/recipe.md.
 """
 from __future__ import annotations
 
