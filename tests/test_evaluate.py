@@ -115,6 +115,7 @@ def test_image_set_specs(tmp_path):
         load_image_set("fmnist:test:classes=a")
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 def test_train_with_eval_writes_metrics_and_csv(fake_fmnist, tmp_path, synthetic_evaluator):
     from cldiff.config import load_config
     from cldiff.train import train
@@ -130,6 +131,7 @@ def test_train_with_eval_writes_metrics_and_csv(fake_fmnist, tmp_path, synthetic
     assert rows[0].startswith("task,fid_synthetic,kld,ard") and len(rows) == 3
 
 
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 @needs_real_data
 def test_real_fid_same_classes_small_different_large():
     from cldiff.evaluate import find_evaluator, load_evaluator
