@@ -30,6 +30,8 @@ needs_real_data = pytest.mark.skipif(real_fmnist_dir() is None, reason="Fashion-
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Never touch the user's cache from a test.
     monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # no busy-cores measurement (0.3 s) at the start of every test run; test_sysmem tests it
+    monkeypatch.setenv("CLDIFF_BUSY_CHECK", "0")
 
 
 def write_fake_fmnist(folder: Path, compress: bool = True, n_train_per_class=60, n_test_per_class=20) -> Path:

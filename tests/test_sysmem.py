@@ -23,3 +23,20 @@ def test_release_memory_returns_freed_heap_pages():
     after = rss_mib()
     assert held - after > 150, (before, held, after)
     assert all(float(k[0]) == 1.0 for k in keep)  # the live blocks are untouched
+
+
+def test_busy_cores_warning_says_how_many_threads_to_give():
+    from cldiff.sysmem import busy_cores_warning
+    assert busy_cores_warning(2, busy=0.1, cores=2) is None  # an idle machine
+    assert busy_cores_warning(1, busy=1.0, cores=2) is None  # one thread beside one busy core: fits
+    w = busy_cores_warning(2, busy=1.0, cores=2)  # a second run with every core beside a busy one
+    assert w is not None and "train.threads=1" in w
+    assert "train.threads=2" in busy_cores_warning(8, busy=6.0, cores=8)
+
+
+def test_busy_cores_reads_this_machines_cpu_time():
+    import os
+
+    from cldiff.sysmem import busy_cores
+    b = busy_cores(0.05)
+    assert b is None or 0.0 <= b <= (os.cpu_count() or 1) + 1e-9

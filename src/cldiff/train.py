@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import contextlib
 import random
 import signal
@@ -37,7 +38,7 @@ from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap 
 from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
 from .recipe import EMA, lr_at
 from .strategies import StepContext, TaskContext, build_strategy
-from .sysmem import peak_rss_mib, release_memory
+from .sysmem import busy_cores_warning, peak_rss_mib, release_memory
 
 
 class TrainingDiverged(RuntimeError):
@@ -214,6 +215,12 @@ class Run:
         self.progress = progress and env.main
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        # a multi-threaded CPU run beside other busy work: say how to share the cores (CLDIFF_BUSY_CHECK=0: skip)
+        if device.type == "cpu" and env.main and torch.get_num_threads() > 1 and \
+                os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
+            busy = busy_cores_warning(torch.get_num_threads() * env.world)
+            if busy:
+                print(busy, file=sys.stderr)
         self.autocast = autocast_for(device, cfg.train.precision)
         self.precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16"
         self.data = ContinualData.from_config(cfg)
