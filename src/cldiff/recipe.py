@@ -32,15 +32,15 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.model = frozen_copy(model)
+        self._params = list(self.model.parameters())
+        self._buffers = list(self.model.buffers())
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, n: int) -> None:
         src = model.module if hasattr(model, "module") else model
         d = ema_decay_at(self.decay, n)
-        mine = [p for p in self.model.parameters()]
-        theirs = [p.detach() for p in src.parameters()]
-        torch._foreach_lerp_(mine, theirs, 1.0 - d)
-        for b_e, b_s in zip(self.model.buffers(), src.buffers()):
+        torch._foreach_lerp_(self._params, [p.detach() for p in src.parameters()], 1.0 - d)
+        for b_e, b_s in zip(self._buffers, src.buffers()):
             b_e.copy_(b_s)
 
     def state_dict(self) -> dict:

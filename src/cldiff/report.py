@@ -7,6 +7,7 @@ seeds are the repeats of a group.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -310,7 +311,7 @@ def reference_points(groups: list[dict], evaluator=None) -> tuple[list[tuple[str
     from .data import ContinualData, DataError
     from .evaluate import find_evaluator, load_evaluator, score_samples
 
-    rows, done = [], set()
+    rows, done, loaded = [], set(), {}
     for g in groups:
         if g.get("hist_pred") is None:
             continue
@@ -324,12 +325,15 @@ def reference_points(groups: list[dict], evaluator=None) -> tuple[list[tuple[str
                 return [], (f"no cached evaluator for {cfg.data.dataset} (`cldiff evaluator train` makes it), so "
                             "no reference points")
             evaluator = load_evaluator(path)
-        try:
-            data = ContinualData.from_config(cfg)
-            x, y = data.train(list(range(data.spec.num_classes)))
-        except DataError as e:
-            return [], f"the data set is not here ({str(e).splitlines()[0]}), so no reference points"
-        y = y.numpy()
+        data_key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data)], sort_keys=True)  # seed: the class order
+        if data_key not in loaded:  # the groups of one report mostly share their data: read it once
+            try:
+                data = ContinualData.from_config(cfg)
+                x, y = data.train(list(range(data.spec.num_classes)))
+            except DataError as e:
+                return [], f"the data set is not here ({str(e).splitlines()[0]}), so no reference points"
+            loaded[data_key] = (data, x, y.numpy())
+        data, x, y = loaded[data_key]
         classes = sorted({c for t in data.tasks[: g["final_task"] + 1] for c in t})
         n = cfg.eval.n_samples
         rng = np.random.default_rng(REFERENCE_SEED)

@@ -17,14 +17,13 @@ import torch
 from cldiff.config import load_config
 from cldiff.data import ContinualData
 from cldiff.evaluate import get_evaluator, score_samples
+from cldiff.report import _real_with_mix
 
 N = 1000
 
 
 def real_with_mix(x, y, hist, rng):
-    counts = rng.multinomial(N, np.asarray(hist, float) / np.sum(hist))
-    idx = [rng.choice(np.flatnonzero(y == c), size=n, replace=False) for c, n in enumerate(counts) if n]
-    return x[torch.from_numpy(np.concatenate(idx))]
+    return _real_with_mix(x, y, hist, N, rng)  # what `cldiff report`'s reference points draw
 
 
 def main(runs):
