@@ -179,3 +179,22 @@ def test_generation_batch_changes_neither_the_noise_nor_the_samples():
     c = generate(m, s, 12, 3, 0.0, 8, 12, torch.device("cpu"), contextlib.nullcontext)
     assert (a - b).abs().max() < 1e-4  # float rounding of other batch shapes only
     assert (a - c).abs().max() > 0.1  # another seed: other samples, so the comparison can fail
+
+
+def test_28px_images_are_scored_like_their_32px_resize(fake_fmnist, synthetic_evaluator):
+    """A model trained at data.image_size 28 is evaluated on its samples resized to the evaluator's 32x32, the way
+    the data loader resizes real images: the same images at 28 and at 32 get the same features."""
+    from cldiff.data import ContinualData
+    from cldiff.evaluate import score_samples
+    d28 = ContinualData("fashion_mnist", [(2, 6)], str(fake_fmnist), verify=False, image_size=28)
+    d32 = ContinualData("fashion_mnist", [(2, 6)], str(fake_fmnist), verify=False, image_size=32)
+    x28, _ = d28.train([2, 6])
+    x32, _ = d32.train([2, 6])
+    assert x28.shape[-1] == 28 and x32.shape[-1] == 32
+    f28, p28 = synthetic_evaluator.run(x28)
+    f32, p32 = synthetic_evaluator.run(x32)
+    np.testing.assert_allclose(f28, f32, atol=1e-4)
+    assert (p28 == p32).all()
+    a = score_samples(x28, synthetic_evaluator, "fashion_mnist", [2, 6], data=d28)
+    b = score_samples(x32, synthetic_evaluator, "fashion_mnist", [2, 6], data=d32)
+    assert a["fid_synthetic"] == pytest.approx(b["fid_synthetic"], rel=1e-4)

@@ -65,6 +65,23 @@ def _wait_for(run, pred, proc, timeout=240):
     raise TimeoutError
 
 
+def killed_once_then_resumed(root, tmp_path, extra, task=1, step=4):
+    """A run of the smoke preset with ``extra`` settings, SIGKILLed at (task, step) and resumed, equals an
+    uninterrupted one bit for bit; returns the resumed run's folder."""
+    full = tmp_path / "full"
+    r = subprocess.run(_cmd(root, full, extra), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "killed"
+    p = subprocess.Popen(_cmd(root, run, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait_for(run, lambda m: m["task"] == task and m["step"] == step, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    r = subprocess.run(_cmd(root, run, extra), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    _assert_same_run(full, run)
+    return run
+
+
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp_path):
     full = tmp_path / "full"

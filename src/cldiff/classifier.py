@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GENERATION_BATCH
-from .model import generate
+from .model import balanced_labels, generate
 
 
 class SolverNet(nn.Module):
@@ -98,7 +98,8 @@ class ClassifierMode:
         return False
 
     def pool(self, clf: "ContinualClassifier", k: int, data, generator_model, schedule, autocast, shape):
-        """A fixed set of replay images for task k, or None to generate fresh ones every iteration."""
+        """A fixed set of replay images for task k and their labels (None when unknown), or None to generate
+        fresh ones every iteration."""
         return None
 
 
@@ -126,9 +127,11 @@ class GenerativeMode(ClassifierMode):
         if not c.replay_pool:
             return None
         # amortised replay: one pool per task instead of fresh images every iteration
-        return generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
-                        int(torch.randint(0, 2**31 - 1, (1,), generator=clf.gen)), GENERATION_BATCH, clf.device,
-                        autocast, shape)
+        labels = clf.replay_labels(k, data, generator_model, c.replay_pool)
+        x = generate(generator_model, schedule, c.replay_pool, c.replay_steps, 0.0,
+                     int(torch.randint(0, 2**31 - 1, (1,), generator=clf.gen)), GENERATION_BATCH, clf.device,
+                     autocast, shape, labels=labels, guidance=c.replay_guidance)
+        return x, labels
 
 
 class RealReplayMode(ClassifierMode):
@@ -140,8 +143,9 @@ class RealReplayMode(ClassifierMode):
         return k >= 1
 
     def pool(self, clf, k, data, generator_model, schedule, autocast, shape):
-        xp, _ = data.train([x for t in data.tasks[:k] for x in t])
-        return xp[torch.randperm(len(xp), generator=clf.gen)[: clf.cfg.replay_pool or 2000]]
+        xp, yp = data.train([x for t in data.tasks[:k] for x in t])
+        pick = torch.randperm(len(xp), generator=clf.gen)[: clf.cfg.replay_pool or 2000]
+        return xp[pick], yp[pick]
 
 
 MODES: dict[str, ClassifierMode] = {m.name: m for m in (GenerativeMode(), ClassifierMode(), JointMode(),
@@ -159,6 +163,14 @@ class ContinualClassifier:
         self.prev: SolverNet | None = None
         self.acc_rows: list[list[float]] = []
         self.gen = torch.Generator().manual_seed(seed + 11)
+
+    def replay_labels(self, k: int, data, generator_model, n: int) -> torch.Tensor | None:
+        """Labels for n generated replay images: the classes of tasks before k in equal shares (from a random
+        start of the cycle) for a conditional generator; None for an unconditional one."""
+        if not getattr(generator_model, "conditional", False):
+            return None
+        prev = sorted(x for t in data.tasks[:k] for x in t)
+        return balanced_labels(prev, n, int(torch.randint(0, len(prev), (1,), generator=self.gen)))
 
     def train_task(self, k: int, data, generator_model, schedule, autocast, log=None) -> dict:
         """Train on task k (replay from ``generator_model``, the frozen diffusion model of task k-1).
@@ -186,17 +198,29 @@ class ContinualClassifier:
             if replay:
                 n = len(xb)  # as many replay images as the real batch
                 if pool is not None:
-                    xr = pool[torch.randint(0, len(pool), (n,), generator=self.gen)].to(self.device)
+                    pick = torch.randint(0, len(pool[0]), (n,), generator=self.gen)
+                    xr = pool[0][pick].to(self.device)
+                    yr = pool[1][pick].to(self.device) if pool[1] is not None else None
                 else:
                     z = torch.randn((n, *xb.shape[1:]), generator=self.gen).to(self.device)
-                    from .model import ddim_sample
-                    xr = ddim_sample(generator_model, schedule, z, c.replay_steps, 0.0, None, autocast)
-                with torch.no_grad():
+                    yr = self.replay_labels(k, data, generator_model, n)
+                    yr = yr.to(self.device) if yr is not None else None
+                    from .model import ddim_sample  # looked up at call time (tests replace it)
+                    xr = ddim_sample(generator_model, schedule, z, c.replay_steps, 0.0, None, autocast, y=yr,
+                                     guidance=c.replay_guidance)
+                if c.replay_targets == "hard":  # the generator's own labels (deep generative replay's targets)
+                    if yr is None:
+                        raise ValueError("classifier.replay_targets: hard needs labelled replay: a conditional "
+                                         "generator (model.conditional: true) or classifier.mode: real_replay")
                     with autocast():
-                        soft = self.prev(xr).float()
-                with autocast():
-                    kd = kd_loss(self.net(xr).float(), soft, c.temperature, c.kd_direction)
-                loss = w * loss + (1 - w) * c.temperature**2 * kd
+                        loss = w * loss + (1 - w) * F.cross_entropy(self.net(xr).float(), yr)
+                else:
+                    with torch.no_grad():
+                        with autocast():
+                            soft = self.prev(xr).float()
+                    with autocast():
+                        kd = kd_loss(self.net(xr).float(), soft, c.temperature, c.kd_direction)
+                    loss = w * loss + (1 - w) * c.temperature**2 * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -205,7 +229,7 @@ class ContinualClassifier:
         self.acc_rows.append(accs)
         return {"event": "classifier_eval", "task": k, "acc": accs, "avg_acc": float(np.mean(accs)),
                 "forgetting": forgetting(self.acc_rows), "mode": c.mode, "iters": iters,
-                "replay_gen_s": gen_s, "train_s": time.perf_counter() - t0}
+                "replay_gen_s": gen_s, "train_s": time.perf_counter() - t0, "replay_targets": c.replay_targets}
 
     def state_dict(self) -> dict:
         n = len(self.acc_rows)

@@ -14,6 +14,7 @@ EXAMPLES = """examples:
   cldiff train --config configs/split_fmnist/cpu/generative_distillation.yaml
   cldiff train --config configs/split_fmnist/smoke.yaml --set strategy.name=generative_replay --out runs/smoke_gr
   cldiff sample runs/RUN --n 64 --steps 10 --out grid.png
+  cldiff sample runs/RUN_CONDITIONAL --class 3 --out dresses.png
   cldiff evaluate runs/RUN
   cldiff classify runs/RUN --set classifier.epochs=5 --set classifier.replay_pool=2000
   cldiff fid fmnist:test:classes=0,1 fmnist:train:classes=0,1
@@ -53,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     s.add_argument("--out", default="samples.png", help="output PNG grid (default samples.png)")
     s.add_argument("--npz", help="also save the samples as uint8 in this .npz (for `cldiff fid`)")
+    s.add_argument("--class", dest="classes", type=int, nargs="+", metavar="C",
+                   help="conditional models: sample these classes (several: in turn, one grid row each); "
+                        "default: unconditional samples")
+    s.add_argument("--per-class", action="store_true",
+                   help="conditional models: one grid row per class the checkpoint has seen (--n per class)")
+    s.add_argument("--guidance", type=float,
+                   help="conditional models: classifier-free guidance scale (default: the run's eval.guidance)")
 
     e = sub.add_parser("evaluate", help="recompute the metrics of a run's checkpoints",
                        description="Recompute FID / KLD / ARD of a run's checkpoint(s) with the run's eval settings.")
@@ -235,8 +243,8 @@ def _sample(args) -> int:
     import numpy as np
     import torch
 
-    from .data import save_grid, to_uint8
     from .config import GENERATION_BATCH
+    from .data import save_grid, to_uint8
     from .model import autocast_for, generate
     from .runfolder import load_model
 
@@ -244,14 +252,46 @@ def _sample(args) -> int:
         raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
     dev = torch.device("cpu")
     model, schedule, cfg, meta = load_model(args.checkpoint, dev)
+    labels, nrow, guidance = _sample_labels(args, model, cfg, meta)
     shape = (model.channels, model.image_size, model.image_size)
-    x = generate(model, schedule, args.n, args.steps, args.eta, args.seed, GENERATION_BATCH, dev,
-                 autocast_for(dev, cfg.train.precision), shape)
-    save_grid(x, Path(args.out))
+    n = len(labels) if labels is not None else args.n
+    x = generate(model, schedule, n, args.steps, args.eta, args.seed, GENERATION_BATCH, dev,
+                 autocast_for(dev, cfg.train.precision), shape, labels=labels, guidance=guidance)
+    save_grid(x, Path(args.out), nrow=nrow)
     if args.npz:
-        np.savez_compressed(args.npz, images=to_uint8(x)[..., 0] if x.shape[1] == 1 else to_uint8(x))
-    print(f"{args.n} samples of task {meta.get('task')} checkpoint -> {args.out}")
+        extra = {"labels": labels.numpy()} if labels is not None else {}
+        np.savez_compressed(args.npz, images=to_uint8(x)[..., 0] if x.shape[1] == 1 else to_uint8(x), **extra)
+    what = f"classes {' '.join(map(str, sorted(set(labels.tolist()))))}" if labels is not None else "unconditional"
+    print(f"{n} samples ({what}) of task {meta.get('task')} checkpoint -> {args.out}")
     return 0
+
+
+def _sample_labels(args, model, cfg, meta):
+    """(labels or None, grid row length or None, guidance) for `cldiff sample`'s class options."""
+    import torch
+
+    guidance = cfg.eval.guidance if args.guidance is None else args.guidance
+    if guidance < 0:
+        raise ValueError(f"--guidance must be >= 0 (1: no guidance), got {guidance}")
+    if not (args.classes or args.per_class):
+        return None, None, guidance
+    if not model.conditional:
+        raise ValueError("--class and --per-class need a class-conditional model (model.conditional: true); "
+                         "this run's model is unconditional")
+    if args.classes and args.per_class:
+        raise ValueError("give --class or --per-class, not both")
+    seen = sorted(c for t in meta.get("tasks", [])[: meta.get("task", -1) + 1] for c in t)
+    classes = args.per_class and seen or args.classes
+    bad = [c for c in classes if not 0 <= c < model.num_classes]
+    if bad:
+        raise ValueError(f"--class {' '.join(map(str, bad))}: the model knows classes 0..{model.num_classes - 1}")
+    unseen = [c for c in classes if seen and c not in seen]
+    if unseen:
+        print(f"note: class(es) {' '.join(map(str, unseen))} not trained yet at this checkpoint (seen: "
+              f"{' '.join(map(str, seen))})", file=sys.stderr)
+    if len(classes) == 1:
+        return torch.full((args.n,), classes[0], dtype=torch.long), None, guidance
+    return torch.as_tensor(classes, dtype=torch.long).repeat_interleave(args.n), args.n, guidance
 
 
 def _evaluate(args) -> int:

@@ -47,6 +47,10 @@ class ModelConfig:
     beta_start: float = 1e-4  # linear beta schedule start
     beta_end: float = 0.02  # linear beta schedule end
     zero_terminal_snr: bool = True  # rescale betas to zero terminal SNR (Lin et al. 2024, Alg. 1)
+    # Class-conditional model (docs/conditional.md): the UNet takes the class label; false keeps the paper's
+    # unconditional model. Replay strategies then replay labelled samples (strategy.replay_labels).
+    conditional: bool = False
+    cond_drop: float = 0.1  # conditional models: share of labels dropped in training (classifier-free guidance)
 
 
 @dataclass
@@ -105,6 +109,9 @@ class EvalConfig:
     steps: int = 10  # DDIM steps for evaluation samples (paper: 10)
     eta: float = 0.0  # DDIM eta for evaluation samples
     seed: int = 1234  # fixed sampling seed, so task-to-task numbers compare like with like
+    # conditional models: classifier-free guidance scale of the evaluation samples, which are class-balanced
+    # over the seen classes (1: the plain conditional prediction; 0: unconditional)
+    guidance: float = 1.0
     # generation batch: only memory and speed (the noise is one fixed stream); measured on the 2-core CPU,
     # small UNet, 500 samples: batch 100 16.4 s and +270 MiB, batch 500 25 s and +600-770 MiB
     batch_size: int = GENERATION_BATCH
@@ -123,6 +130,10 @@ class ClassifierConfig:
     replay_pool: int | None = None  # null: fresh replay every iteration (paper); N: one pool of N images per task
     temperature: float = 2.0  # distillation temperature T
     kd_direction: str = "forward"  # forward: KL(teacher || student); paper: the reference code's reversed form
+    # replay targets: soft (the frozen classifier's, distilled; the paper) | hard (the replayed images' own
+    # labels, cross-entropy, as in deep generative replay: a conditional generator, or real_replay)
+    replay_targets: str = "soft"
+    replay_guidance: float = 1.0  # a conditional generator's guidance scale for the replay images
 
 
 @dataclass
@@ -187,6 +198,7 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(m.num_train_timesteps >= 2, f"model.num_train_timesteps: must be >= 2, got {m.num_train_timesteps}")
     need(0 < m.beta_start < m.beta_end < 1,
          f"model.beta_start/beta_end: need 0 < beta_start < beta_end < 1, got {m.beta_start}, {m.beta_end}")
+    need(0 <= m.cond_drop < 1, f"model.cond_drop: must be in [0, 1) (share of labels dropped), got {m.cond_drop}")
     t = cfg.train
     need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     need(t.steps_per_task is not None or t.epochs_per_task is not None,
@@ -220,6 +232,7 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
          f"train.loss_weighting: must be none or min_snr, got {t.loss_weighting!r}")
     need(t.min_snr_gamma > 0, f"train.min_snr_gamma: must be > 0 (Hang et al. use 5), got {t.min_snr_gamma}")
     e = cfg.eval
+    need(e.guidance >= 0, f"eval.guidance: must be >= 0 (1: no guidance), got {e.guidance}")
     need(e.n_samples >= 2, f"eval.n_samples: must be >= 2, got {e.n_samples}")
     need(e.steps >= 1, f"eval.steps: must be >= 1, got {e.steps}")
     need(e.eta >= 0, f"eval.eta: must be >= 0, got {e.eta}")
@@ -234,7 +247,12 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(c.replay_pool is None or c.replay_pool >= 1, f"classifier.replay_pool: must be >= 1 or null, got {c.replay_pool}")
     need(c.temperature > 0, f"classifier.temperature: must be > 0, got {c.temperature}")
     need(c.kd_direction in ("forward", "paper"), f"classifier.kd_direction: must be forward or paper, got {c.kd_direction!r}")
-    problems.extend(validate_strategy(cfg.strategy))
+    need(c.replay_targets in ("soft", "hard"), f"classifier.replay_targets: must be soft or hard, got {c.replay_targets!r}")
+    need(not (c.replay_targets == "hard" and c.mode == "generative" and not m.conditional),
+         "classifier.replay_targets: hard needs labelled replay, and an unconditional diffusion model's samples have "
+         "no labels; set model.conditional: true, or classifier.mode: real_replay, or replay_targets: soft")
+    need(c.replay_guidance >= 0, f"classifier.replay_guidance: must be >= 0 (1: no guidance), got {c.replay_guidance}")
+    problems.extend(validate_strategy(cfg.strategy, conditional=m.conditional))
 
 
 def config_from_dict(raw: Any) -> Config:

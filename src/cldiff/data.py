@@ -362,6 +362,7 @@ class ContinualData:
         self.spec = DATASETS[dataset]
         self.tasks = tasks
         self.image_size = image_size
+        self.root, self.verify = root, verify
         self.max_train_per_task = max_train_per_task
         if dataset == "synthetic":
             self.train_x, self.train_y, self.test_x, self.test_y = synthetic_dataset()
@@ -374,6 +375,15 @@ class ContinualData:
         tasks = resolve_class_order(d.class_order, cfg.seed, d.num_tasks, d.classes_per_task,
                                     DATASETS[d.dataset].num_classes)
         return cls(d.dataset, tasks, d.root, d.verify, d.image_size, d.max_train_per_task)
+
+    def at_size(self, image_size: int) -> "ContinualData":
+        """The same images and tasks at another size (shares the loaded arrays; nothing is read again)."""
+        if image_size == self.image_size:
+            return self
+        other = object.__new__(ContinualData)
+        other.__dict__.update(self.__dict__)
+        other.image_size = image_size
+        return other
 
     def _select(self, x, y, classes, cap=None):
         idx = np.flatnonzero(np.isin(y, np.asarray(classes)))

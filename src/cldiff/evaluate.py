@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import atomic_write_bytes
-from .model import autocast_for, generate
+from .model import autocast_for, balanced_labels, generate
 
+EVAL_SIZE = 32  # the evaluator network's input size
 PREPROCESS_VERSION = "resize32-bilinear-aa-v1"  # bump when to_model_range changes
 TAGS = {"fashion_mnist": "fmnist", "synthetic": "synthetic", "mnist": "mnist", "cifar10": "cifar10"}
 
@@ -75,12 +76,19 @@ class Evaluator:
 
     @torch.no_grad()
     def run(self, images: torch.Tensor, batch: int = 250) -> tuple[np.ndarray, np.ndarray]:
-        """(features float64 (N, 256), predicted class (N,)) for images (N, C, 32, 32) in [-1, 1]."""
+        """(features float64 (N, 256), predicted class (N,)) for images (N, C, S, S) in [-1, 1].
+
+        The network sees 32x32 images; other sizes (a model trained at data.image_size 28) are resized to 32 the
+        way the data loader resizes real images (bilinear, antialiased), so their FID compares with everyone's.
+        """
         dev = next(self.net.parameters()).device
         feats, preds = [], []
         self.net.eval()
         for i in range(0, len(images), batch):
             x = images[i:i + batch].to(dev).float()
+            if x.shape[-1] != EVAL_SIZE or x.shape[-2] != EVAL_SIZE:
+                x = F.interpolate(x, size=(EVAL_SIZE, EVAL_SIZE), mode="bilinear", antialias=True,
+                                  align_corners=False).clamp_(-1.0, 1.0)
             f = self.net.features(x)
             feats.append(f.double().cpu().numpy())
             preds.append(self.net.head(f).argmax(1).cpu().numpy())
@@ -279,19 +287,23 @@ def real_stats(evaluator: Evaluator, dataset: str, split: str, classes, root=Non
 
 
 def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, device, autocast, env=None) -> dict | None:
-    """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram.
+    """The metrics after task k: FID vs the test images of the classes seen so far, KLD, ARD, histogram, and
+    the per-class FIDs (:func:`score_features`).
 
-    With several ranks (``env``, cldiff.dist) the samples are split across ranks, each rank computes its
-    features and predicted classes, and rank 0 gathers them and returns the metrics (the others None).
+    A class-conditional model is asked for the seen classes in equal shares (in a fixed cycle), with
+    classifier-free guidance ``ecfg.guidance``. With several ranks (``env``, cldiff.dist) the samples are split
+    across ranks, each rank computes its features and predicted classes, and rank 0 gathers them and returns
+    the metrics (the others None).
     """
     seen = data.seen_classes(k)
     shape = (data.spec.channels, data.image_size, data.image_size)
+    labels = balanced_labels(sorted(seen), ecfg.n_samples) if getattr(model, "conditional", False) else None
+    gen_args = (model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size, device, autocast,
+                shape)
     if env is None or not env.active:
-        samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
-                           device, autocast, shape)
-        return score_samples(samples, evaluator, data.spec.name, seen, data=data)
-    idx, samples = generate(model, schedule, ecfg.n_samples, ecfg.steps, ecfg.eta, ecfg.seed, ecfg.batch_size,
-                            device, autocast, shape, shard=(env.rank, env.world))
+        samples = generate(*gen_args, labels=labels, guidance=ecfg.guidance)
+        return score_samples(samples, evaluator, data.spec.name, seen, data=data, labels=labels)
+    idx, samples = generate(*gen_args, shard=(env.rank, env.world), labels=labels, guidance=ecfg.guidance)
     feats, preds = evaluator.run(samples)
     parts = env.gather_objects((idx.numpy(), feats, preds))
     if not env.main:
@@ -299,26 +311,57 @@ def evaluate_task(model, schedule, data, k: int, ecfg, evaluator: Evaluator, dev
     order = np.argsort(np.concatenate([p[0] for p in parts]), kind="stable")
     feats = np.concatenate([p[1] for p in parts])[order]
     preds = np.concatenate([p[2] for p in parts])[order]
-    out = score_features(feats, preds, evaluator, data.spec.name, seen, data=data)
+    out = score_features(feats, preds, evaluator, data.spec.name, seen, data=data, labels=labels)
     out["ranks"] = env.world
     return out
 
 
-def score_samples(samples: torch.Tensor, evaluator: Evaluator, dataset: str, classes, data=None) -> dict:
+def score_samples(samples: torch.Tensor, evaluator: Evaluator, dataset: str, classes, data=None,
+                  labels=None) -> dict:
     feats, preds = evaluator.run(samples)
-    return score_features(feats, preds, evaluator, dataset, classes, data=data)
+    return score_features(feats, preds, evaluator, dataset, classes, data=data, labels=labels)
+
+
+# A class's FID needs a covariance of its samples' features; classes with fewer samples than this count as
+# missing (their FID is not computed). FID's small-sample bias grows as the count falls: per-class FIDs of
+# classes with few samples read high.
+MIN_CLASS_SAMPLES = 10
 
 
 def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, dataset: str, classes,
-                   data=None) -> dict:
-    """FID, KLD and ARD of generated images given their evaluator features and predicted classes."""
+                   data=None, labels=None) -> dict:
+    """FID, KLD and ARD of generated images given their evaluator features and predicted classes.
+
+    Also per class c of ``classes``: the FID of the samples of class c against the test images of class c
+    (``class_fid``), their mean over the classes that have samples (``class_fid_mean``) and the number that
+    have fewer than MIN_CLASS_SAMPLES (``classes_missing``). A sample's class is its label when ``labels`` are
+    given (a conditional model's requested classes; then ``label_acc``, the share of samples the evaluator
+    puts in the class asked for, is reported too), else the evaluator's predicted class.
+    """
+    # the real statistics are always those of the 32x32 test images (a 28x28 run's data, resized like all data)
+    data = data.at_size(EVAL_SIZE) if data is not None else None
     mu_r, sig_r, p_true = real_stats(evaluator, dataset, "test", classes, data=data)
     mu_g, sig_g = feature_stats(feats)
     p_pred = class_histogram(preds, len(p_true))
-    return {evaluator.fid_key: frechet_distance(mu_g, sig_g, mu_r, sig_r), "kld": kld(p_true, p_pred),
-            "ard": ard(p_true, p_pred), "hist_pred": p_pred.round(6).tolist(), "hist_true": p_true.round(6).tolist(),
-            "n_samples": len(feats), "seen_classes": sorted(int(c) for c in classes),
-            "evaluator_sha256": evaluator.sha256[:16]}
+    out = {evaluator.fid_key: frechet_distance(mu_g, sig_g, mu_r, sig_r), "kld": kld(p_true, p_pred),
+           "ard": ard(p_true, p_pred), "hist_pred": p_pred.round(6).tolist(), "hist_true": p_true.round(6).tolist(),
+           "n_samples": len(feats), "seen_classes": sorted(int(c) for c in classes),
+           "evaluator_sha256": evaluator.sha256[:16]}
+    group = np.asarray(labels) if labels is not None else np.asarray(preds)
+    per = {}
+    for c in sorted(int(c) for c in classes):
+        m = group == c
+        if m.sum() < MIN_CLASS_SAMPLES:
+            per[str(c)] = None
+            continue
+        mu_c, sig_c, _ = real_stats(evaluator, dataset, "test", [c], data=data)
+        per[str(c)] = frechet_distance(*feature_stats(feats[m]), mu_c, sig_c)
+    have = [v for v in per.values() if v is not None]
+    out.update({"class_fid": per, "class_fid_mean": float(np.mean(have)) if have else None,
+                "classes_missing": len(per) - len(have), "class_source": "label" if labels is not None else "predicted"})
+    if labels is not None:
+        out["label_acc"] = float((np.asarray(preds) == np.asarray(labels)).mean())
+    return out
 
 
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path) -> float:

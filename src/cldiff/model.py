@@ -55,7 +55,8 @@ class EpsModel(nn.Module):
     x: (N, C, S, S) float; t: (N,) int64 in [0, T-1]. Returns (N, C, S, S).
     """
 
-    def __init__(self, preset: str = "small", channels: int = 1, image_size: int = 32, attention: str = "auto"):
+    def __init__(self, preset: str = "small", channels: int = 1, image_size: int = 32, attention: str = "auto",
+                 num_classes: int | None = None):
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention {attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
@@ -65,15 +66,24 @@ class EpsModel(nn.Module):
             raise ValueError(f"unknown model preset {preset!r}; allowed: {', '.join(PRESETS)}")
         p = PRESETS[preset]
         self.preset, self.channels, self.image_size = preset, channels, image_size
+        # A class-conditional model (model.conditional) has num_classes + 1 label embeddings, added to the
+        # timestep embedding (diffusers' class embedding); the last one is the "no label" of classifier-free
+        # guidance. An unconditional model has none and is built exactly as before.
+        self.num_classes = num_classes
+        extra = {"num_class_embeds": num_classes + 1} if num_classes else {}
         self.unet = UNet2DModel(
             sample_size=image_size, in_channels=channels, out_channels=channels,
             layers_per_block=p.layers_per_block, block_out_channels=p.block_out_channels,
             down_block_types=p.down_block_types, up_block_types=p.up_block_types,
-            norm_num_groups=p.norm_num_groups,
+            norm_num_groups=p.norm_num_groups, **extra,
         )
 
         self.attention = attention
         self._attn_active = None
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.num_classes)
 
     def _use_attention(self, kind: str) -> None:
         from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
@@ -82,14 +92,64 @@ class EpsModel(nn.Module):
                 m.set_processor(AttnProcessor() if kind == "classic" else AttnProcessor2_0())
         self._attn_active = kind
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps(x, t) of an unconditional model, eps(x, t, y) of a conditional one: y (N,) class labels, where
+        NULL_LABEL (-1) asks for the unconditional prediction; y None means no label for every sample."""
+        if y is not None and not self.conditional:
+            raise ValueError("this model is unconditional (model.conditional: false): it takes no class labels")
         kind = self.attention if self.attention != "auto" else ("classic" if x.device.type == "cpu" else "sdpa")
         if kind != self._attn_active:
             self._use_attention(kind)
         w = self.unet.conv_in.weight.dtype
         if x.dtype != w and not torch.is_autocast_enabled(x.device.type):
             x = x.to(w)  # a reduced-precision copy (the bf16 teacher) called outside autocast
-        return self.unet(x, t, return_dict=False)[0]
+        if not self.conditional:
+            return self.unet(x, t, return_dict=False)[0]
+        null = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
+        labels = null if y is None else torch.where(y < 0, null, y.to(x.device).long())
+        return self.unet(x, t, class_labels=labels, return_dict=False)[0]
+
+
+def model_classes(cfg) -> int | None:
+    """The number of class labels a run's model takes: the data set's classes if model.conditional, else None."""
+    if not cfg.model.conditional:
+        return None
+    from .data import DATASETS
+    return DATASETS[cfg.data.dataset].num_classes
+
+
+NULL_LABEL = -1  # the label that asks a conditional model for its unconditional prediction
+
+
+def drop_labels(y: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Classifier-free guidance's label dropout: each label becomes NULL_LABEL with probability p."""
+    if p <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < p
+    return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
+
+
+def eps_of(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+           guidance: float = 1.0) -> torch.Tensor:
+    """The model's noise prediction: plain (y None: unconditional models, or a conditional one's "no label"),
+    conditional on y, or with classifier-free guidance (Ho & Salimans 2022) at scale ``guidance``:
+    eps(x, t, none) + guidance (eps(x, t, y) - eps(x, t, none)), in one forward of the doubled batch.
+    Guidance 1 is the conditional prediction itself, with no second forward. Rows whose y is NULL_LABEL get
+    the unconditional prediction whatever the scale."""
+    if y is None:
+        return model(x, t)
+    if guidance == 1.0:
+        return model(x, t, y)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, NULL_LABEL)]))
+    cond, uncond = out.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+def balanced_labels(classes, n: int, offset: int = 0) -> torch.Tensor:
+    """n labels cycling through ``classes`` from position ``offset``: every class gets n // len(classes) or
+    one more, in a fixed order (evaluation samples, grids)."""
+    c = torch.as_tensor(list(classes), dtype=torch.long)
+    return c[(torch.arange(n) + offset) % len(c)]
 
 
 def num_params(model: nn.Module) -> int:
@@ -103,7 +163,7 @@ def frozen_copy(model: EpsModel) -> EpsModel:
     storage or hooks with the student (DDP wrappers included).
     """
     src = model.module if hasattr(model, "module") else model
-    teacher = EpsModel(src.preset, src.channels, src.image_size, src.attention)
+    teacher = EpsModel(src.preset, src.channels, src.image_size, src.attention, src.num_classes)
     teacher.load_state_dict(src.state_dict())
     dev = next(src.parameters()).device
     return teacher.to(dev).eval().requires_grad_(False)
@@ -227,12 +287,32 @@ class NoiseSchedule:
         ts = torch.round(t_end.double().view(1, -1) + 1 + span * (steps - j) / steps) - 1
         return ts.long()
 
+    def random_ddim_timesteps(self, steps: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """Per-sample DDIM timesteps from T-1 to x_0 with random intermediate steps, shape (steps + 1, n).
+
+        Row 0 is T-1 (the trajectory starts from pure noise), rows 1..steps-1 are steps-1 timesteps drawn
+        uniformly from 0..T-2 and sorted in descending order, the last row is -1 (x_0). Over many trajectories
+        the intermediate timesteps cover 0..T-2 uniformly, where the trailing grid visits only its own steps.
+        """
+        inner = torch.randint(0, self.T - 1, (steps - 1, n), generator=generator, device=device)
+        inner = inner.sort(dim=0, descending=True).values
+        top = torch.full((1, n), self.T - 1, dtype=torch.long, device=device)
+        return torch.cat([top, inner, torch.full((1, n), -1, dtype=torch.long, device=device)])
+
 
 @torch.no_grad()
 def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, steps: int, eta: float = 0.0,
                 generator: torch.Generator | None = None, autocast=contextlib.nullcontext,
-                t_end: torch.Tensor | None = None, clip: bool = True) -> torch.Tensor:
+                t_end: torch.Tensor | None = None, clip: bool = True, y: torch.Tensor | None = None,
+                guidance: float = 1.0, ts: torch.Tensor | None = None, record: list | None = None) -> torch.Tensor:
     """DDIM sampling (Song et al. 2021, eq. 12) from x_T = ``noise``.
+
+    ``ts`` (steps + 1, N): each sample's own timesteps (:meth:`NoiseSchedule.random_ddim_timesteps`) instead
+    of the trailing grid. ``record``: a list that receives (x_t, t, eps) of every step, the model's input and
+    its prediction there (trajectory distillation uses them as inputs and targets).
+
+    A conditional model samples the classes ``y`` (N,), with classifier-free guidance ``guidance``
+    (:func:`eps_of`); without ``y`` every model samples unconditionally.
 
     noise: (N, C, H, W) standard normal. Returns x at ``t_end`` (default: x_0,
     in [-1, 1]) as float32. With eta = 0 the sampler is deterministic. The
@@ -245,13 +325,16 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
     instead of 0 so that an exact zero residual gives 0, never NaN.
     """
     n = noise.shape[0]
-    ts = schedule.ddim_timesteps(steps, t_end.to(noise.device) if t_end is not None else None, n)
+    if ts is None:
+        ts = schedule.ddim_timesteps(steps, t_end.to(noise.device) if t_end is not None else None, n)
     ts = ts.to(noise.device)
     x = noise.float()
     for j in range(steps):
         t, t_prev = ts[j], ts[j + 1]
         with autocast():
-            eps = model(x, t).float()
+            eps = eps_of(model, x, t, y, guidance).float()
+        if record is not None:
+            record.append((x, t, eps))
         a_t = schedule.abar[t].view(-1, 1, 1, 1)
         a_prev = torch.where(t_prev >= 0, schedule.abar[t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=torch.float32)).view(-1, 1, 1, 1)
         x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt().clamp(min=1e-12)
@@ -267,8 +350,11 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
 
 
 def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: int, device, autocast,
-             shape=(1, 32, 32), shard: tuple[int, int] | None = None):
+             shape=(1, 32, 32), shard: tuple[int, int] | None = None, labels: torch.Tensor | None = None,
+             guidance: float = 1.0):
     """n samples (n, C, H, W) in [-1, 1] from fixed-seed noise (CPU generator: same noise on every device).
+
+    ``labels`` (n,): the class of every sample, for a conditional model (guidance: :func:`eps_of`).
 
     ``shard=(rank, world)``: generate only the batches ``rank, rank + world, ...`` and return
     ``(indices, samples)``. Every rank draws every batch's starting noise, so with eta = 0 the union of
@@ -282,7 +368,9 @@ def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: 
         z = torch.randn((m, *shape), generator=gen)
         if shard is not None and j % shard[1] != shard[0]:
             continue
-        out.append(ddim_sample(model, schedule, z.to(device), steps, eta, gen_eta, autocast).cpu())
+        y = labels[i:i + m].to(device) if labels is not None else None
+        out.append(ddim_sample(model, schedule, z.to(device), steps, eta, gen_eta, autocast, y=y,
+                               guidance=guidance).cpu())
         idx.append(torch.arange(i, i + m))
     samples = torch.cat(out) if out else torch.zeros((0, *shape))
     if shard is None:
@@ -290,7 +378,8 @@ def generate(model, schedule, n: int, steps: int, eta: float, seed: int, batch: 
     return (torch.cat(idx) if idx else torch.zeros(0, dtype=torch.long)), samples
 
 
-def predict_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, autocast=contextlib.nullcontext) -> torch.Tensor:
-    """A no-grad eps prediction in float32 (used for teacher targets)."""
+def predict_eps(model: nn.Module, x: torch.Tensor, t: torch.Tensor, autocast=contextlib.nullcontext,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+    """A no-grad eps prediction in float32 (used for teacher targets); ``y``: labels of a conditional model."""
     with torch.no_grad(), autocast():
-        return model(x, t).float()
+        return (model(x, t) if y is None else model(x, t, y)).float()

@@ -65,15 +65,30 @@ def load_run(run_dir: Path) -> dict:
     strat = dict(cfg["strategy"])
     name = strat.pop("name")
     label = name + "".join(f" {k}={v}" for k, v in sorted(strat.items()))
+    if (cfg.get("model") or {}).get("conditional"):
+        label += " (conditional)"
     group = json.dumps(_group_key(cfg), sort_keys=True)
     return {"dir": run_dir, "config": cfg, "seed": cfg["seed"], "strategy": name, "label": label, "group": group,
             "evals": evals, "task_ends": ends, "num_tasks": cfg["data"]["num_tasks"],
             "wall_s": max(walls) if walls else 0.0,
             "images_trained": sum(e.get("images_trained", 0) for e in ends.values()),
             "teacher_image_forwards": sum(e.get("teacher_image_forwards", 0) for e in ends.values()),
+            "student_images": sum(e.get("student_images", 0) for e in ends.values()),
+            "compute": compute_of(ends.values()),
             "classifier": [r for r in recs if r.get("event") == "classifier_eval"]
             or [r for r in _read_jsonl(run_dir / "classifier.jsonl") if r.get("event") == "classifier_eval"],
             "shared_from": next((r["from"] for r in recs if r.get("event") == "shared"), None)}
+
+
+# A student image's forward and backward pass costs about three forwards (the backward about two), so the
+# compute of a run is counted in image-forward equivalents: teacher image-forwards + 3 x student images.
+STUDENT_PASS_FORWARDS = 3
+
+
+def compute_of(task_ends) -> int:
+    """A run's training compute in image-forward equivalents (teacher forwards + student forward-backwards)."""
+    return sum(e.get("teacher_image_forwards", 0) + STUDENT_PASS_FORWARDS * e.get("student_images", 0)
+               for e in task_ends)
 
 
 def _group_key(cfg: dict) -> dict:
@@ -118,6 +133,50 @@ def _fmt(m, s, digits=2) -> str:
     return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if s is not None else "")
 
 
+PER_CLASS = ("class_fid_mean", "classes_missing", "label_acc")
+
+
+def _compute_lines(groups: list[dict], fid_key: str) -> list[str]:
+    """Quality against training compute, for the groups with teacher or student counts."""
+    have = [g for g in groups if g["compute"][0]]
+    if not have:
+        return []
+    lines = ["", "## Quality against compute", "",
+             "Training compute of the runs of each row, in image-forward equivalents: the teacher's image-forwards "
+             f"(replay generation and targets) plus {STUDENT_PASS_FORWARDS} per student image (a forward and a "
+             "backward pass). Plot: `compute.png`.", "",
+             f"| strategy | after task | teacher image-forwards | student images | compute | {fid_key} | KLD |",
+             "|---|---|---|---|---|---|---|"]
+    for g in have:
+        f = g["final"]
+        lines.append(f"| {g['label']} | {g['final_task'] + 1} | {g['teacher_image_forwards'][0] or 0:,.0f} | "
+                     f"{g['student_images'][0] or 0:,.0f} | {g['compute'][0]:,.0f} | {_fmt(*f[fid_key])} | "
+                     f"{_fmt(*f['kld'], 3)} |")
+    return lines
+
+
+def _per_class_lines(groups: list[dict], fid_key: str) -> list[str]:
+    """The per-class FID table, for the groups whose runs have per-class FIDs."""
+    have = [g for g in groups if g["per_class"]["class_fid_mean"][0] is not None]
+    if not have:
+        return []
+    lines = ["", "## Per-class FID after the last task", "",
+             f"For each seen class c: the {fid_key} of the samples of class c against the test images of class c. A "
+             "conditional model's samples are grouped by the class they were asked for (equal shares), an "
+             "unconditional model's by the evaluator's predicted class; a class with fewer than 10 samples is "
+             "missing (not scored; the mean is over the others). FID's small-sample bias is large at these "
+             "sample counts, and larger for classes with few samples: compare runs with the same samples per class. "
+             "Label accuracy: the share of a conditional model's samples that the evaluator puts in the class asked for.",
+             "", "| strategy | after task | mean per-class FID | classes missing | label accuracy | per class |",
+             "|---|---|---|---|---|---|"]
+    for g in have:
+        pc = g["per_class"]
+        each = ", ".join(f"{c}: {_fmt(m, None, 0)}" for c, (m, _) in sorted(g["class_fid"].items(), key=lambda x: int(x[0])))
+        lines.append(f"| {g['label']} | {g['final_task'] + 1} | {_fmt(*pc['class_fid_mean'])} | "
+                     f"{_fmt(*pc['classes_missing'], 1)} | {_fmt(*pc['label_acc'], 3)} | {each} |")
+    return lines
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in runs:
@@ -145,11 +204,17 @@ def summarise(runs: list[dict]) -> list[dict]:
              "behind": {str(r["seed"]): k + 1 for r, k in zip(rs, reached) if k < last},  # seed -> tasks done
              "final_task": last, "num_tasks": rs[0]["num_tasks"], "runs": [str(r["dir"]) for r in rs],
              "final": {m: mean_sem([f.get(m) for f in done]) for m in (fid_key, "kld", "ard")},
+             # per-class FIDs (absent from runs made before they existed), the conditional label accuracy
+             "per_class": {m: mean_sem([f.get(m) for f in done]) for m in PER_CLASS},
+             "class_fid": {c: mean_sem([(f.get("class_fid") or {}).get(c) for f in done])
+                           for c in (done[0].get("class_fid") or {} if done else {})},
+             "class_source": done[0].get("class_source") if done else None,
              "per_task": per_task,
              "hist_pred": np.mean([f["hist_pred"] for f in done], 0).tolist() if done else None,
              "hist_true": done[0]["hist_true"] if done else None,
              # cost columns: the runs of the row (those that reached the last task)
-             **{c: mean_sem([r[c] for r in row_runs]) for c in ("wall_s", "images_trained", "teacher_image_forwards")},
+             **{c: mean_sem([r[c] for r in row_runs])
+                for c in ("wall_s", "images_trained", "teacher_image_forwards", "student_images", "compute")},
              "classifier": _classifier_summary(rs),
              "paper": _paper_numbers(rs[0], last)}
         out.append(g)
@@ -222,6 +287,21 @@ def _plots(groups: list[dict], out: Path) -> list[str]:
 
     made = []
     fid_key = groups[0]["fid_key"] if groups else "fid"
+    have = [g for g in groups if g["compute"][0] and g["final"][fid_key][0] is not None]
+    if have:  # final FID and KLD against training compute, one point per group (error bars: SEM over seeds)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for ax, metric in zip(axes, (fid_key, "kld")):
+            for g in have:
+                m, e = g["final"][metric]
+                ax.errorbar([g["compute"][0]], [m], yerr=[e or 0.0], marker="o", capsize=3, label=g["label"])
+            ax.set_xlabel("training compute (image-forward equivalents)")
+            ax.set_ylabel(f"{metric} after the last task (lower is better)")
+            ax.set_xscale("log")
+        axes[0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "compute.png", dpi=110)
+        plt.close(fig)
+        made.append("compute.png")
     for metric, fname, title in ((fid_key, "fid_per_task.png", f"{fid_key} (lower is better)"),
                                  ("kld", "kld_per_task.png", "KLD(p_true || p_pred) (lower is better)")):
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -414,6 +494,8 @@ def make_report(run_dirs: list[Path], out: Path, reference: bool = True, evaluat
                       for what, m in refs]
         elif why:
             lines += ["", f"(Reference points: {why}.)"]
+    lines += _compute_lines(groups, fid_key)
+    lines += _per_class_lines(groups, fid_key)
     if any(g["classifier"] for g in groups):
         lines += ["", "## Classifier trained with the diffusion model as its replay generator", "",
                   "Classifier mode: generative = replay from this run's diffusion model (docs/protocol.md §5); "
@@ -455,10 +537,13 @@ def make_report(run_dirs: list[Path], out: Path, reference: bool = True, evaluat
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["strategy", "seeds", f"{fid_key}_mean", f"{fid_key}_sem", "kld_mean", "kld_sem", "ard_mean", "ard_sem",
-                "wall_s_mean", "images_trained", "teacher_image_forwards"])
+                "wall_s_mean", "images_trained", "teacher_image_forwards", "class_fid_mean", "class_fid_sem",
+                "label_acc_mean", "student_images", "compute"])
     for g in groups:
         f = g["final"]
         w.writerow([g["label"], " ".join(map(str, g["complete_seeds"])), *f[fid_key], *f["kld"], *f["ard"],
-                    g["wall_s"][0], g["images_trained"][0], g["teacher_image_forwards"][0]])
+                    g["wall_s"][0], g["images_trained"][0], g["teacher_image_forwards"][0],
+                    *g["per_class"]["class_fid_mean"], g["per_class"]["label_acc"][0], g["student_images"][0],
+                    g["compute"][0]])
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
     return out

@@ -18,7 +18,7 @@ import yaml
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint_file, load_latest
 from .config import DISPLAY_ONLY, Config, config_from_dict, save_config
 from .data import DATASETS
-from .model import EpsModel, NoiseSchedule
+from .model import EpsModel, NoiseSchedule, model_classes
 
 
 class RunError(RuntimeError):
@@ -77,13 +77,14 @@ def write_eval_csv(run_dir: Path) -> Path:
         return path
     fid_keys = sorted({k for r in rows for k in r if k.startswith("fid_")})
     n_cls = len(rows[0]["hist_pred"])
-    header = ["task", *fid_keys, "kld", "ard", "n_samples", "eval_s"] + [f"pred_{c}" for c in range(n_cls)]
+    header = ["task", *fid_keys, "kld", "ard", "class_fid_mean", "classes_missing", "label_acc", "n_samples",
+              "eval_s"] + [f"pred_{c}" for c in range(n_cls)]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(header)
     for r in rows:
-        w.writerow([r["task"], *[r.get(k) for k in fid_keys], r["kld"], r["ard"], r["n_samples"], r.get("eval_s")]
-                   + r["hist_pred"])
+        w.writerow([r["task"], *[r.get(k) for k in fid_keys], r["kld"], r["ard"], r.get("class_fid_mean"),
+                    r.get("classes_missing"), r.get("label_acc"), r["n_samples"], r.get("eval_s")] + r["hist_pred"])
     atomic_write_bytes(path, buf.getvalue().encode())
     return path
 
@@ -147,7 +148,8 @@ def load_model(checkpoint: str | Path, device="cpu") -> tuple[EpsModel, NoiseSch
             raise CheckpointError(f"{p}: no such checkpoint file or run folder")
         state, meta = load_checkpoint_file(p, map_location=device)
     cfg = config_from_dict(meta["config"])
-    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention)
+    model = EpsModel(cfg.model.preset, DATASETS[cfg.data.dataset].channels, cfg.data.image_size, cfg.train.attention,
+                     model_classes(cfg))
     # a run with an EMA (train.ema_decay) is evaluated and sampled with the EMA weights, so they are what it gives
     model.load_state_dict(state["ema"] if "ema" in state else state["model"])
     model.to(device).eval()

@@ -35,7 +35,8 @@ from .runfolder import MetricsLog, NullLog, RunError, normalised_config, prepare
 from .config import EXECUTION_ONLY, Config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
-from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample, frozen_copy, resolve_device
+from .model import (EpsModel, NoiseSchedule, autocast_for, ddim_sample, drop_labels, frozen_copy, model_classes,
+                    resolve_device)
 from .recipe import EMA, lr_at
 from .strategies import StepContext, TaskContext, build_strategy
 from .sysmem import busy_cores_warning, peak_rss_mib, release_memory
@@ -226,7 +227,7 @@ class Run:
         self.data = ContinualData.from_config(cfg)
         torch.manual_seed(cfg.seed)
         self.model = EpsModel(cfg.model.preset, self.data.spec.channels, cfg.data.image_size,
-                              cfg.train.attention).to(device)
+                              cfg.train.attention, model_classes(cfg)).to(device)
         self.schedule = NoiseSchedule.from_config(cfg.model, device)
         self.strategy = build_strategy(cfg.strategy)
         self.gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
@@ -347,8 +348,9 @@ class Run:
         """Train task k (from its first step, or from where an interrupted run stopped); returns its steps and
         counters, with the training time in ``train_s``."""
         cfg, env, device = self.cfg, self.env, self.device
-        x_all, _ = self.data.train(classes)
+        x_all, y_all = self.data.train(classes)
         x_all = x_all.to(device)
+        y_all = y_all.to(device) if cfg.model.conditional else None  # labels reach only a conditional model
         n, b = len(x_all), cfg.train.batch_size
         steps = steps_for_task(cfg, k, n)
         if self.mid is None:
@@ -371,19 +373,21 @@ class Run:
             idx = perm[pos:pos + b].to(device)
             pos += b
             x0 = x_all[idx]
+            y0 = y_all[idx] if y_all is not None else None
             if cfg.data.hflip:
                 flip = (torch.rand(len(x0), generator=self.data_gen) < 0.5).to(device).view(-1, 1, 1, 1)
                 x0 = torch.where(flip, x0.flip(-1), x0)
             n_global = len(x0)
             if env.active:  # same indices on every rank (one data generator), each its own slice
                 x0 = x0[env.rank::env.world]
+                y0 = y0[env.rank::env.world] if y0 is not None else None
             if scheduled_lr:
                 lr = lr_at(cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps, step, steps)
                 for g in self.opt.param_groups:
                     g["lr"] = lr
             r = train_step(self.net, self.opt, self.strategy, self.schedule, x0, k, self.gen, self.autocast,
                            cfg.train.grad_clip, cfg.train.nan_policy, self.run_dir, step, env, cfg.train.micro_batches,
-                           self.loss_weight)
+                           self.loss_weight, y0, cfg.model.cond_drop)
             if r is None:  # non-finite loss skipped (nan_policy: skip)
                 c.skipped += 1
             else:
@@ -421,9 +425,15 @@ class Run:
         self.model.eval()
         self.strategy.end_task(self.model, self.task_context(k, classes))
         if self.cfg.train.grid_samples > 0 and self.env.main:
-            grid = ddim_sample(self.shown_model(), self.schedule, grid_noise, self.cfg.train.grid_steps, 0.0, None,
-                               self.autocast)
-            save_grid(grid, self.run_dir / "samples" / f"task_{k:02d}.png")
+            noise, y, nrow = grid_noise, None, None
+            if self.cfg.model.conditional:  # one row per seen class, the same noise in every row
+                seen = sorted(self.data.seen_classes(k))
+                nrow = max(1, min(16, len(grid_noise) // len(seen)))
+                noise = grid_noise[:nrow].repeat(len(seen), 1, 1, 1)
+                y = torch.as_tensor(seen, dtype=torch.long, device=self.device).repeat_interleave(nrow)
+            grid = ddim_sample(self.shown_model(), self.schedule, noise, self.cfg.train.grid_steps, 0.0, None,
+                               self.autocast, y=y, guidance=self.cfg.eval.guidance)
+            save_grid(grid, self.run_dir / "samples" / f"task_{k:02d}.png", nrow=nrow)
         self.log.write({"event": "task_end", "task": k, "classes": list(classes), "steps": steps,
                         "images_trained": c.images, "student_images": c.student_images,
                         "teacher_image_forwards": c.teacher_images, "skipped_nonfinite": c.skipped,
@@ -507,7 +517,7 @@ def _train(cfg: Config, out, resume, progress, evaluator, flag, env: DistEnv, de
 
 def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, nan_policy="stop",
                run_dir=None, step=0, env: DistEnv | None = None, micro_batches: int = 1,
-               loss_weight=None) -> dict | None:
+               loss_weight=None, y0=None, cond_drop: float = 0.0) -> dict | None:
     """One optimizer step on real images x0 (B, C, H, W) in [-1, 1]; returns losses and image counts,
     or None when the loss was not finite and nan_policy is 'skip'.
 
@@ -516,18 +526,26 @@ def train_step(model, opt, strategy, schedule, x0, k, gen, autocast, grad_clip, 
 
     ``model`` may be the DDP wrapper (it is called once, for the student forward); the strategy's
     penalty and after_step see the module itself.
+
+    ``y0`` (B,): the real images' labels, for a class-conditional model only (None otherwise); each is dropped
+    to "no label" with probability ``cond_drop`` (classifier-free guidance), and replay rows carry their own.
     """
     device = x0.device
     base = model.module if hasattr(model, "module") else model
     t = schedule.sample_timesteps(len(x0), gen, device)
     eps = torch.randn(x0.shape, generator=gen, device=device)
     x_t = schedule.add_noise(x0, t, eps)
-    replay = strategy.replay(StepContext(k, x0, t, eps, x_t, schedule, gen, autocast))
-    inputs, tt = x_t, t
+    y_in = drop_labels(y0, cond_drop, gen) if y0 is not None else None
+    replay = strategy.replay(StepContext(k, x0, t, eps, x_t, schedule, gen, autocast, y_in, cond_drop))
+    inputs, tt, yy = x_t, t, y_in
     if replay is not None and replay.x is not None:
         inputs, tt = torch.cat([x_t, replay.x]), torch.cat([t, replay.t])
+        if y_in is not None:
+            if replay.y is None:
+                raise TypeError(f"strategy '{strategy.name}' replayed unlabelled samples to a conditional model")
+            yy = torch.cat([y_in, replay.y])
     return _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip,
-                             nan_policy, run_dir, step, env, max(1, micro_batches), loss_weight)
+                             nan_policy, run_dir, step, env, max(1, micro_batches), loss_weight, yy)
 
 
 def _apply_step(model, base, opt, strategy, loss, loss_real, loss_replay, n_student, replay, k, step, run_dir, env,
@@ -585,7 +603,7 @@ def slice_losses(out: torch.Tensor, a: int, b: int, eps: torch.Tensor, replay, w
 
 
 def _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt, autocast, grad_clip, nan_policy,
-                      run_dir, step, env, micro, loss_weight=None) -> dict | None:
+                      run_dir, step, env, micro, loss_weight=None, yy=None) -> dict | None:
     """The step's forward and backward, the whole student batch at once (micro = 1) or in ``micro`` slices:
     the same loss and gradients (up to float rounding: GroupNorm has no batch statistics) with the
     activations of one slice at a time. One loss function (slice_losses) serves both."""
@@ -597,6 +615,12 @@ def _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt
     tot_pen = torch.zeros((), device=x0.device)
     cuts = [round(i * n / micro) for i in range(micro + 1)]
     w_t = loss_weight(tt) if loss_weight is not None else None
+    n_real = len(eps)
+    if replay is not None and replay.x is not None and replay.weight is not None:  # importance-sampled replay
+        w_t = torch.ones(n, device=x0.device) if w_t is None else w_t
+        w_t = torch.cat([w_t[:n_real], w_t[n_real:] * replay.weight.to(w_t.dtype)])
+    observe = strategy.wants_replay_errors and replay is not None and replay.x is not None
+    seen_t, seen_err = [], []
     for i in range(micro):
         a, b = cuts[i], cuts[i + 1]
         if a == b:
@@ -604,8 +628,13 @@ def _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt
         sync = contextlib.nullcontext() if (i == micro - 1 or not hasattr(model, "no_sync")) else model.no_sync()
         with sync:
             with autocast():
-                out = model(inputs[a:b], tt[a:b])
+                out = model(inputs[a:b], tt[a:b]) if yy is None else model(inputs[a:b], tt[a:b], yy[a:b])
             part_real, part_rep = slice_losses(out.float(), a, b, eps, replay, w_t, n)
+            if observe and b > n_real:  # the student's error on this slice's replay rows, for the strategy
+                lo = max(a, n_real)
+                diff = out[lo - a:].detach().float() - replay.target[lo - n_real:b - n_real]
+                seen_t.append(tt[lo:b])
+                seen_err.append(diff.pow(2).flatten(1).mean(1))
             loss = w_real * part_real + w_replay * part_rep
             if i == 0:
                 pen = strategy.penalty(base)
@@ -615,6 +644,8 @@ def _forward_backward(model, base, opt, strategy, k, x0, eps, replay, inputs, tt
             loss.backward()
         tot_real += part_real.detach()
         tot_rep += part_rep.detach()
+    if seen_t:
+        strategy.observe_replay(torch.cat(seen_t), torch.cat(seen_err))
     total = w_real * tot_real + w_replay * tot_rep + tot_pen
     return _apply_step(model, base, opt, strategy, total, tot_real, tot_rep, n, replay, k, step, run_dir, env,
                        nan_policy, grad_clip)

@@ -1,11 +1,16 @@
-"""Distillation variants of docs/protocol.md §3: LwF-like, Gaussian and partial-generation distillation."""
+"""Distillation variants of docs/protocol.md §3: LwF-like, Gaussian and partial-generation distillation.
+
+With a class-conditional model (docs/conditional.md) Gaussian and partial-generation replay carry labels over
+the seen classes, like GD's; the LwF-like target is the teacher's unconditional prediction on the real inputs
+(the teacher never saw the new classes' labels).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from ..model import ddim_sample, predict_eps
+from ..model import NULL_LABEL, ddim_sample, predict_eps
 from .base import Replay, StepContext, TeacherStrategy, register
 
 
@@ -25,10 +30,21 @@ class LwFDistillation(_Distill):
 
     name = "lwf_distillation"
 
+    def check(self) -> list[str]:
+        p = super().check()
+        if self.replay_ratio != 1.0:
+            p.append("replay_ratio: lwf_distillation has no replay batch (its targets are on the real inputs); "
+                     "leave replay_ratio at 1")
+        if self.replay_timesteps != "uniform":
+            p.append("replay_timesteps: lwf_distillation uses the real inputs' timesteps; leave it uniform")
+        return p
+
     def replay(self, ctx: StepContext) -> Replay | None:
         if self.teacher is None:
             return None
-        target = predict_eps(self.teacher, ctx.x_t, ctx.t, ctx.autocast)
+        # A conditional teacher gives its unconditional prediction: it has never seen the new classes' labels.
+        null = None if ctx.y is None else torch.full_like(ctx.y, NULL_LABEL)
+        target = predict_eps(self.teacher, ctx.x_t, ctx.t, ctx.autocast, null)
         return Replay(target=target, x=None, t=None, teacher_images=len(ctx.x_t))
 
 
@@ -45,10 +61,12 @@ class GaussianDistillation(_Distill):
     def replay(self, ctx: StepContext) -> Replay | None:
         if self.teacher is None:
             return None
-        b, dev = ctx.x0.shape[0], ctx.x0.device
-        z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
-        t = ctx.schedule.sample_timesteps(b, ctx.generator, dev)
-        return Replay(target=predict_eps(self.teacher, z, t, ctx.autocast), x=z, t=t, teacher_images=b)
+        b, dev = self.replay_count(ctx.x0.shape[0]), ctx.x0.device
+        z = torch.randn((b, *ctx.x0.shape[1:]), generator=ctx.generator, device=dev)
+        t, w = self.replay_t(ctx, b)
+        y = ctx.student_labels(self.teacher_labels(ctx, b))
+        return Replay(target=predict_eps(self.teacher, z, t, ctx.autocast, y), x=z, t=t, teacher_images=b, y=y,
+                      weight=w)
 
 
 @register
@@ -72,10 +90,12 @@ class PartialGenerationDistillation(_Distill):
     def replay(self, ctx: StepContext) -> Replay | None:
         if self.teacher is None:
             return None
-        b, dev = ctx.x0.shape[0], ctx.x0.device
-        z = torch.randn(ctx.x0.shape, generator=ctx.generator, device=dev)
-        t = ctx.schedule.sample_timesteps(b, ctx.generator, dev)
+        b, dev = self.replay_count(ctx.x0.shape[0]), ctx.x0.device
+        z = torch.randn((b, *ctx.x0.shape[1:]), generator=ctx.generator, device=dev)
+        t, w = self.replay_t(ctx, b)
+        y_gen = self.teacher_labels(ctx, b)
         x = ddim_sample(self.teacher, ctx.schedule, z, self.teacher_steps, self.teacher_eta, ctx.generator,
-                        ctx.autocast, t_end=t)
-        return Replay(target=predict_eps(self.teacher, x, t, ctx.autocast), x=x, t=t,
-                      teacher_images=(self.teacher_steps + 1) * b)
+                        ctx.autocast, t_end=t, y=y_gen, guidance=self.teacher_guidance)
+        y = ctx.student_labels(y_gen)
+        return Replay(target=predict_eps(self.teacher, x, t, ctx.autocast, y), x=x, t=t, y=y, weight=w,
+                      teacher_images=(self.teacher_steps * (2 if self.guided() else 1) + 1) * b)

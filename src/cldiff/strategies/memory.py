@@ -51,16 +51,21 @@ class ExperienceReplay(ReplayStrategy):
     def _flat(self) -> torch.Tensor:
         return torch.cat([self.memory[c] for c in sorted(self.memory)])
 
+    def _flat_labels(self) -> torch.Tensor:
+        return torch.cat([torch.full((len(self.memory[c]),), c, dtype=torch.long) for c in sorted(self.memory)])
+
     def replay(self, ctx: StepContext) -> Replay | None:
         if not self.memory:
             return None
         mem = self._flat()
-        b, dev = ctx.x0.shape[0], ctx.x0.device
+        b, dev = self.replay_count(ctx.x0.shape[0]), ctx.x0.device
         idx = torch.randint(0, len(mem), (b,), generator=ctx.generator, device=dev)
         x0 = mem[idx.to(mem.device)].to(dev)
         t = ctx.schedule.sample_timesteps(b, ctx.generator, dev)
         e = torch.randn(x0.shape, generator=ctx.generator, device=dev)
-        return Replay(target=e, x=ctx.schedule.add_noise(x0, t, e), t=t, teacher_images=0)
+        # a conditional model sees the stored images' own labels (dropped like the real ones)
+        y = ctx.student_labels(self._flat_labels()[idx.cpu()].to(dev)) if ctx.y is not None else None
+        return Replay(target=e, x=ctx.schedule.add_noise(x0, t, e), t=t, teacher_images=0, y=y)
 
     def state_dict(self) -> dict:
         return {f"memory_{c}": v for c, v in self.memory.items()}

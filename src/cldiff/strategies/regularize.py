@@ -9,6 +9,7 @@ receives gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,8 @@ class EWC(_Regularised):
     """
 
     name = "ewc"
+    # its Fisher is estimated on unlabelled noisy images (the "no label" branch of a conditional model only)
+    supports_conditional: ClassVar[bool] = False
     strength: float = 100.0  # lambda of the penalty
     fisher_batches: int = 8  # minibatches of the finished task used to estimate the Fisher
     fisher_batch_size: int = 32  # images per Fisher minibatch
