@@ -46,6 +46,17 @@ def test_the_label_reaches_the_unet(cmodel):
         EpsModel("tiny")(x, t, torch.zeros(6, dtype=torch.long))
 
 
+def test_a_new_conditional_model_predicts_the_same_for_every_label():
+    """The label embedding starts at zero: before training, labels change nothing (they are learnt from there)."""
+    torch.manual_seed(0)
+    m = EpsModel("tiny", num_classes=10).eval()
+    x, t = _xt()
+    with torch.no_grad():
+        ref = m(x, t)
+        for c in (0, 4, 9):
+            assert torch.equal(m(x, t, torch.full((6,), c)), ref)
+
+
 def test_unconditional_model_is_built_as_before():
     """The conditional option adds the label embedding and nothing else; unconditional weights are unchanged."""
     torch.manual_seed(0)

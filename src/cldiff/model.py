@@ -78,6 +78,14 @@ class EpsModel(nn.Module):
             norm_num_groups=p.norm_num_groups, **extra,
         )
 
+        if num_classes:
+            # The label embedding starts at zero, so a new conditional model predicts exactly as it would without
+            # labels and learns them from there. Measured against diffusers' default N(0, 1) start on the
+            # `quick_conditional` task 0 (200 steps; docs/results/split_fmnist_conditional_quick/): seed 42
+            # fid_fmnist 464.1 against 520.5, label accuracy 0.404 against 0.298; seed 1714 1259.7 against
+            # 1358.3, 0.044 against 0.008.
+            with torch.no_grad():
+                self.unet.class_embedding.weight.zero_()
         self.attention = attention
         self._attn_active = None
 
