@@ -58,3 +58,12 @@ def test_cpu_features_tell_amx_from_avx512_bf16():
     assert plain == {"model": "EPYC Y", "amx_bf16": False, "avx512_bf16": True}
     assert "AMX" in _cpu_line(amx) and "no AMX" in _cpu_line(plain)
     assert cpu_features("")["model"] == "unknown"
+
+
+def test_28px_images_cost_the_pixels_fewer():
+    """`--image-size 28` times the 28x28 model the quick presets train: its step does fewer FLOPs, by about the
+    pixel ratio (28/32)^2 = 0.77 (convolutions scale with pixels; attention at the lowest resolution a bit more)."""
+    spec = {"name": "naive"}
+    f32 = _strategy_child("tiny", 4, spec, 1, 0, "fp32", None, False, None, 32)["flops_per_iter"]
+    f28 = _strategy_child("tiny", 4, spec, 1, 0, "fp32", None, False, None, 28)["flops_per_iter"]
+    assert 0.70 < f28 / f32 < 0.80

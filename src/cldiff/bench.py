@@ -58,7 +58,7 @@ def cpu_features(cpuinfo: str | None = None) -> dict:
 
 
 def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool,
-           opts: dict | None = None):
+           opts: dict | None = None, size: int = 32):
     import torch
 
     from .model import EpsModel, NoiseSchedule, autocast_for
@@ -69,7 +69,7 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device("cpu")
-    model = EpsModel(preset, attention=opts.get("attention", "auto"))
+    model = EpsModel(preset, image_size=size, attention=opts.get("attention", "auto"))
     schedule = NoiseSchedule()
     st = build_strategy(strategy)
     autocast = autocast_for(dev, precision)
@@ -82,16 +82,16 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
         if st.uses_teacher:
             st.teacher.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=(fused or opts.get("fused")) or None)
-    x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
+    x0 = torch.rand(batch, 1, size, size) * 2 - 1
     return model, schedule, st, autocast, opt, x0
 
 
-def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused, opts=None) -> dict:
+def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused, opts=None, size=32) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from .train import train_step
-    model, schedule, st, autocast, opt, x0 = _setup(preset, batch, strategy, precision, threads, fused, opts)
+    model, schedule, st, autocast, opt, x0 = _setup(preset, batch, strategy, precision, threads, fused, opts, size)
     net = torch.compile(model) if (opts or {}).get("compile") else model
     gen = torch.Generator().manual_seed(0)
     for _ in range(warmup):
@@ -116,7 +116,7 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
             "peak_rss_mib": _rss_mib()}
 
 
-def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> dict:
+def _reference_child(preset, batch, teacher_steps, iters, warmup, threads, size=32) -> dict:
     """The GD iteration written the simplest way: fp32, no autocast, diffusers' UNet with its default (SDPA)
     attention, diffusers' scheduler for sampling."""
     import torch
@@ -127,13 +127,13 @@ def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> di
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = EpsModel(preset, attention="sdpa")
+    model = EpsModel(preset, image_size=size, attention="sdpa")
     teacher = frozen_copy(model)
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
                           rescale_betas_zero_snr=True, timestep_spacing="trailing", clip_sample=True)
     abar = sched.alphas_cumprod
     opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-    x0 = torch.rand(batch, 1, 32, 32) * 2 - 1
+    x0 = torch.rand(batch, 1, size, size) * 2 - 1
 
     def step():
         t = torch.randint(0, 1000, (batch,))
@@ -167,16 +167,16 @@ def _reference_child(preset, batch, teacher_steps, iters, warmup, threads) -> di
             "student_img_per_s": 2 * batch / dt, "peak_rss_mib": _rss_mib()}
 
 
-def _generation_child(preset, batch, steps, precision, threads) -> dict:
+def _generation_child(preset, batch, steps, precision, threads, size=32) -> dict:
     import torch
 
     from .model import EpsModel, NoiseSchedule, autocast_for, ddim_sample
     if threads:
         torch.set_num_threads(threads)
-    model = EpsModel(preset).eval()
+    model = EpsModel(preset, image_size=size).eval()
     s = NoiseSchedule()
     ac = autocast_for(torch.device("cpu"), precision)
-    z = torch.randn(batch, 1, 32, 32)
+    z = torch.randn(batch, 1, size, size)
     ddim_sample(model, s, z[:8], 1, autocast=ac)
     t0 = time.perf_counter()
     ddim_sample(model, s, z, steps, autocast=ac)
@@ -228,9 +228,10 @@ def _in_child(fn, *args):
 def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "generative_replay", "generative_distillation"),
               iters: int = 5, warmup: int = 2, teacher_steps: int = 2, precision: str = "auto", reference: bool = True,
               gen_batch: int = 256, gen_steps: int = 10, threads: int | None = None, fused: bool = False,
-              peak_n: int = 2048) -> dict:
+              peak_n: int = 2048, image_size: int = 32) -> dict:
     import torch
-    out = {"preset": preset, "batch": batch, "precision": precision, "threads": threads or torch.get_num_threads(),
+    out = {"preset": preset, "batch": batch, "image_size": image_size, "precision": precision,
+           "threads": threads or torch.get_num_threads(),
            "torch": torch.__version__, "fused_adam": fused, "iters": iters, "cpu": cpu_features()}
     out["peak"] = {d: _in_child(_matmul_peak, d, peak_n, 3.0, threads)["flops_per_s"] for d in ("bfloat16", "float32")}
     import dataclasses
@@ -241,12 +242,12 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
         spec = {"name": name}
         if "teacher_steps" in {f.name for f in dataclasses.fields(REGISTRY[name])}:  # strategies that generate
             spec["teacher_steps"] = teacher_steps
-        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused)
+        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused, None, image_size)
         r["frac_bf16_peak"] = r["flops_per_s"] / out["peak"]["bfloat16"]
         r["frac_fp32_peak"] = r["flops_per_s"] / out["peak"]["float32"]
         rows.append(r)
     if reference:
-        ref = _in_child(_reference_child, preset, batch, teacher_steps, max(2, iters // 2), 1, threads)
+        ref = _in_child(_reference_child, preset, batch, teacher_steps, max(2, iters // 2), 1, threads, image_size)
         rows.append(ref)
         gd = next((r for r in rows if r["strategy"] == "generative_distillation"), None)
         if gd is not None:
@@ -256,12 +257,13 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
     if gr and gd:
         out["gd_cost_over_gr"] = gd["s_per_iter"] / gr["s_per_iter"]
     out["strategies"] = rows
-    out["generation"] = _in_child(_generation_child, preset, gen_batch, gen_steps, precision, threads)
+    out["generation"] = _in_child(_generation_child, preset, gen_batch, gen_steps, precision, threads, image_size)
     return out
 
 
 def format_table(res: dict) -> str:
-    lines = [f"preset {res['preset']}, batch {res['batch']}, precision {res['precision']}, threads {res['threads']}, "
+    lines = [f"preset {res['preset']}, batch {res['batch']}, {res.get('image_size', 32)}x{res.get('image_size', 32)} images, "
+             f"precision {res['precision']}, threads {res['threads']}, "
              f"torch {res['torch']}",
              _cpu_line(res.get("cpu")),
              f"matmul peak: bf16 {res['peak']['bfloat16'] / 1e12:.2f} TFLOP/s, fp32 {res['peak']['float32'] / 1e12:.2f} TFLOP/s",
@@ -305,8 +307,11 @@ def main_bench(args) -> int:
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise ValueError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(REGISTRY))} or all")
+    if args.image_size not in (28, 32):
+        raise ValueError(f"--image-size must be 28 or 32 (data.image_size), got {args.image_size}")
     res = run_bench(args.preset, args.batch, names, args.iters, args.warmup,
-                    args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused)
+                    args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused,
+                    image_size=args.image_size)
     if args.ablation:
         skip = () if args.compile else ("torch.compile (student)",)
         res["ablation"] = run_ablation(args.preset, args.batch, args.iters, args.warmup, args.teacher_steps,

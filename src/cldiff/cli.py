@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                        "measured matmul peak, peak memory), DDIM generation, and a plain fp32 reference, in one run.")
     b.add_argument("--preset", default="small", help="UNet preset (default small)")
     b.add_argument("--batch", type=int, default=64, help="real images per iteration (default 64)")
+    b.add_argument("--image-size", type=int, default=32, help="image side, 28 or 32 (data.image_size; default 32)")
     b.add_argument("--strategies", default="naive,generative_replay,generative_distillation",
                    help="comma-separated strategies, or 'all' for every registered one")
     b.add_argument("--iters", type=int, default=5, help="timed iterations per strategy (default 5)")

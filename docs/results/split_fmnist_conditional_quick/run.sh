@@ -14,10 +14,13 @@ cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/split_fmnist_conditional_quick}
 CL=${CL:-cldiff}
 mkdir -p "$RUNS"
+# the `quick` presets' settings when these runs were made (32x32, task 0 200 steps, later tasks 60), the same as
+# the unconditional runs they are compared with
+PIN=(--set data.image_size=32 --set train.first_task_steps=200 --set train.steps_per_task=60)
 pair() {  # pair PRESET NAME ARGS...: GD, then GR from GD's task 0
   local q=configs/split_fmnist/$1 name=$2
   shift 2
-  local c=(--no-progress --resume --set train.threads="${THREADS:-1}" "$@")
+  local c=(--no-progress --resume --set train.threads="${THREADS:-1}" "${PIN[@]}" "$@")
   $CL train --config "$q/generative_distillation.yaml" --out "$RUNS/${name}_gd" "${c[@]}" >> "$RUNS/${name}_gd.log" 2>&1
   $CL train --config "$q/generative_replay.yaml" --out "$RUNS/${name}_gr" --set train.init_from="$RUNS/${name}_gd" \
     "${c[@]}" >> "$RUNS/${name}_gr.log" 2>&1
