@@ -156,8 +156,7 @@ def test_report_counts_compute(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [
     ["strategy={name: trajectory_distillation, teacher_steps: 3, gd_share: 0.25, replay_ratio: 0.5}"],
-    ["strategy={name: generative_distillation, replay_timesteps: adaptive}"],
-    ["strategy={name: generative_replay, replay_timesteps: snr}"]])
+    ["strategy={name: generative_distillation, replay_timesteps: adaptive}"]])  # snr keeps no state of its own
 def test_new_options_resume_bit_identically_after_sigkill(fake_fmnist, tmp_path, extra):
     from test_reliability import killed_once_then_resumed
     run = killed_once_then_resumed(fake_fmnist, tmp_path, extra)
