@@ -10,7 +10,7 @@ from cldiff.model import EpsModel, NoiseSchedule, ddim_sample
 from cldiff.strategies import TaskContext, build_strategy
 
 from conftest import step_context
-from test_conditional import _Data
+from test_conditional import _Data, cmodel  # noqa: F401  (the conditional model fixture)
 
 
 
@@ -18,15 +18,6 @@ from test_conditional import _Data
 def model():
     torch.manual_seed(0)
     return EpsModel("tiny").eval()
-
-
-@pytest.fixture(scope="module")
-def cmodel():
-    torch.manual_seed(0)
-    m = EpsModel("tiny", num_classes=10).eval()
-    with torch.no_grad():
-        m.unet.class_embedding.weight.normal_(0, 1.0)
-    return m
 
 
 def _teacher(name, m, **kw):
