@@ -67,3 +67,54 @@ def test_28px_images_cost_the_pixels_fewer():
     f32 = _strategy_child("tiny", 4, spec, 1, 0, "fp32", None, False, None, 32)["flops_per_iter"]
     f28 = _strategy_child("tiny", 4, spec, 1, 0, "fp32", None, False, None, 28)["flops_per_iter"]
     assert 0.70 < f28 / f32 < 0.80
+
+
+def test_master_weight_adam_follows_fp32_adam():
+    """`bf16 weights, fp32 master Adam`: the masters take the steps fp32 Adam would take on the same
+    gradients, and the model's bf16 weights are the masters rounded."""
+    import torch
+
+    from cldiff.bench import MasterWeightAdam
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4)
+    ref = torch.nn.Linear(8, 4)
+    ref.load_state_dict(lin.state_dict())
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    opt = MasterWeightAdam(lin, lr=1e-2)
+    assert lin.weight.dtype == torch.bfloat16 and opt.masters[0].dtype == torch.float32
+    for _ in range(3):
+        x = torch.randn(16, 8)
+        opt.zero_grad()
+        lin(x.bfloat16()).float().pow(2).mean().backward()
+        ref_opt.zero_grad()
+        ref(x).pow(2).mean().backward()
+        for m, p in zip(opt.masters, ref.parameters()):  # the same gradients, up to bf16 rounding
+            p.grad = None
+        for m, p, q in zip(opt.masters, ref.parameters(), lin.parameters()):
+            p.grad = q.grad.float().clone()
+        opt.step()
+        ref_opt.step()
+    for m, p, q in zip(opt.masters, ref.parameters(), lin.parameters()):
+        assert torch.allclose(m, p.detach(), atol=1e-6)  # the masters: exactly fp32 Adam's trajectory
+        assert torch.equal(q.detach(), m.detach().bfloat16())  # the model: the masters rounded
+    assert not torch.equal(opt.masters[0], opt.masters[0].bfloat16().float())  # masters keep fp32 precision
+
+
+def test_ablation_levers_time_the_same_step():
+    """The --ablation rows change how a GD step runs, not what it computes: under inference_mode the teacher's
+    replay and the step's losses are bit-identical to the defaults'; bf16 weights with fp32 masters give the
+    same losses up to bf16 rounding."""
+    from cldiff.bench import _setup
+    from cldiff.train import train_step
+
+    def losses(opts):
+        model, schedule, st, autocast, opt, x0 = _setup("tiny", 4, {"name": "generative_distillation",
+                                                                   "teacher_steps": 2}, "auto", None, False, opts)
+        gen = torch.Generator().manual_seed(0)
+        return [train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0) for _ in range(2)]
+
+    ref, inf, master = losses(None), losses({"teacher_inference_mode": True}), losses({"bf16_master": True})
+    for a, b, c in zip(ref, inf, master):
+        assert (a["loss_real"], a["loss_replay"]) == (b["loss_real"], b["loss_replay"])
+        assert abs(a["loss_real"] - c["loss_real"]) < 0.05 * a["loss_real"]
+        assert abs(a["loss_replay"] - c["loss_replay"]) < 0.2 * a["loss_replay"] + 1e-4

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,3 +109,50 @@ def test_sweep_expands_grid_and_skips_finished_runs(fake_fmnist, tmp_path, monke
     monkeypatch.setattr("cldiff.train.train", lambda *a, **k: calls.append(1))
     sweep.run_sweep(sw, progress=False)
     assert calls == []  # everything finished: nothing rerun
+
+
+@pytest.mark.slow  # tens of seconds: two runs, twice
+def test_parallel_sweep_gives_the_sequential_results(fake_fmnist, tmp_path):
+    """`cldiff sweep --jobs 2`: the same runs as one after the other, metric for metric; the seed's later runs
+    start from the first run's task 0 once it exists; each run's output in its own log."""
+    import json
+
+    from cldiff import sweep
+
+    def write(name):
+        sw = tmp_path / f"{name}.yaml"
+        sw.write_text(yaml.safe_dump({
+            "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / name),
+            "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 2,
+                    "train.threads": 1},
+            "grid": {"seed": [42], "strategy": [{"name": "naive"}, {"name": "generative_distillation"}]}}))
+        return sw
+
+    def losses(run_dir):
+        return [(r["task"], r["step"], r["loss"], r["loss_replay"]) for r in map(json.loads, (
+            run_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "train"]
+
+    def weights(run_dir):
+        from cldiff.checkpoint import list_checkpoints, load_checkpoint_file
+        last = list_checkpoints(run_dir)[-1]
+        return load_checkpoint_file(Path(last["path"]), last)[0]["model"]
+
+    seq, par = write("seq"), write("par")
+    sweep.run_sweep(seq, progress=False)
+    sweep.run_sweep(par, progress=False, jobs=2)
+    runs_seq, _ = sweep.plan(seq)
+    runs_par, _ = sweep.plan(par)
+    assert [r.out.name for r in runs_seq] == [r.out.name for r in runs_par]
+    for a, b in zip(runs_seq, runs_par):
+        assert losses(a.out) and losses(a.out) == losses(b.out), a.out.name
+        wa, wb = weights(a.out), weights(b.out)
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), a.out.name
+        assert (b.out.parent / f"{b.out.name}.log").exists()
+    first, *later = runs_par
+    assert '"shared"' not in (first.out / "metrics.jsonl").read_text()
+    for r in later:  # started from the first run's task 0, not trained again
+        shared = [json.loads(x) for x in (r.out / "metrics.jsonl").read_text().splitlines() if '"shared"' in x]
+        assert [s["from"] for s in shared] == [str(first.out)]
+    assert (tmp_path / "par" / "report" / "report.md").exists()
+    with pytest.raises(Exception, match="--jobs must be at least 1"):
+        sweep.run_sweep(par, progress=False, jobs=0)

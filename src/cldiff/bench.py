@@ -72,18 +72,71 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
     model = EpsModel(preset, image_size=size, attention=opts.get("attention", "auto"))
     schedule = NoiseSchedule()
     st = build_strategy(strategy)
-    autocast = autocast_for(dev, precision)
+    master = opts.get("bf16_master")
+    autocast = autocast_for(dev, "fp32" if master else precision)
     if st.uses_teacher:
         st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast))
         if opts.get("teacher_fp32"):
             st.teacher.float()
+        if master:
+            st.teacher.to(torch.bfloat16)
+        if opts.get("teacher_compile"):
+            st.teacher = compile_frozen(st.teacher)
+        if opts.get("teacher_inference_mode"):
+            replay = st.replay
+            st.replay = lambda ctx: _in_inference_mode(replay, ctx)
     if opts.get("channels_last"):
         model.to(memory_format=torch.channels_last)
-        if st.uses_teacher:
+        if st.uses_teacher and not opts.get("teacher_compile"):
             st.teacher.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=(fused or opts.get("fused")) or None)
+    fused_adam = (fused or opts.get("fused")) or None
+    if master:
+        opt = MasterWeightAdam(model, lr=2e-4, fused=fused_adam)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=2e-4, fused=fused_adam)
     x0 = torch.rand(batch, 1, size, size) * 2 - 1
     return model, schedule, st, autocast, opt, x0
+
+
+class MasterWeightAdam:
+    """Adam on fp32 master copies of a model whose own weights are bf16 (a speed lever of `--ablation`, not a
+    training option): the forward and backward run in bf16 end to end, with no autocast casts; each step
+    copies the bf16 gradients to the masters, steps there and rounds the result back into the model."""
+
+    def __init__(self, model, lr: float, fused=None):
+        import torch
+        self.masters = [p.detach().float().clone().requires_grad_(True) for p in model.parameters() if p.requires_grad]
+        model.to(torch.bfloat16)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.masters, lr=lr, fused=fused)
+
+    def zero_grad(self, set_to_none: bool = True):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        import torch
+        for m, p in zip(self.masters, self.params):
+            m.grad = None if p.grad is None else p.grad.float()
+        self.opt.step()
+        with torch.no_grad():
+            torch._foreach_copy_(self.params, self.masters)
+
+
+def _in_inference_mode(fn, *args):
+    """The teacher's work under torch.inference_mode instead of no_grad (a speed lever of `--ablation`)."""
+    import torch
+    with torch.inference_mode():
+        return fn(*args)
+
+
+def compile_frozen(teacher):
+    """torch.compile of the frozen teacher for inference, with Inductor's weight freezing (a speed lever of
+    `--ablation --compile`)."""
+    import torch
+    import torch._inductor.config as ic
+    ic.freezing = True
+    return torch.compile(teacher.eval())
 
 
 def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused, opts=None, size=32) -> dict:
@@ -197,12 +250,17 @@ ABLATION = [
     ("channels_last", {}, {"channels_last": True}),
     ("teacher weights fp32 (previous default)", {}, {"teacher_fp32": True}),
     ("torch.compile (student)", {}, {"compile": True}),
+    ("torch.compile (teacher, frozen)", {}, {"teacher_compile": True}),
+    ("teacher under inference_mode", {}, {"teacher_inference_mode": True}),
+    ("bf16 weights, fp32 master Adam", {}, {"bf16_master": True}),
+    ("bf16 weights + channels_last + fused", {}, {"bf16_master": True, "channels_last": True, "fused": True}),
     ("replay pool: every 4 iters", {"pool_every": 4}, {}),
 ]
+COMPILE_ROWS = ("torch.compile (student)", "torch.compile (teacher, frozen)")  # minutes each: only with --compile
 
 
 def run_ablation(preset: str, batch: int, iters: int, warmup: int, teacher_steps: int, threads: int | None,
-                 skip=("torch.compile (student)",)) -> list[dict]:
+                 skip=COMPILE_ROWS, image_size: int = 32) -> list[dict]:
     rows = []
     for label, over, opts in ABLATION:
         if label in skip:
@@ -211,7 +269,8 @@ def run_ablation(preset: str, batch: int, iters: int, warmup: int, teacher_steps
         precision = over.get("precision", "auto")
         if "pool_every" in over:
             spec["pool_every"] = over["pool_every"]
-        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, False, opts)
+        r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, False, opts,
+                      image_size)
         r["variant"] = label
         rows.append(r)
     base = rows[0]["s_per_iter"]
@@ -313,9 +372,9 @@ def main_bench(args) -> int:
                     args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused,
                     image_size=args.image_size)
     if args.ablation:
-        skip = () if args.compile else ("torch.compile (student)",)
+        skip = () if args.compile else COMPILE_ROWS
         res["ablation"] = run_ablation(args.preset, args.batch, args.iters, args.warmup, args.teacher_steps,
-                                       args.threads, skip)
+                                       args.threads, skip, args.image_size)
     print(format_table(res))
     if args.ablation:
         print(format_ablation(res["ablation"]))

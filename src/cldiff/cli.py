@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("file", help="a sweep file, e.g. configs/sweeps/split_fmnist_cpu.yaml")
     sw.add_argument("--dry-run", action="store_true", help="list the runs and their status only")
     sw.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sw.add_argument("--jobs", type=int, default=1,
+                    help="runs at once, each its own process with its share of the cores as train.threads (unless "
+                         "the sweep sets it) and its output in <run folder>.log (default 1: one after the other)")
 
     b = sub.add_parser("bench", help="training and sampling throughput against this machine's peak",
                        description="Measure each strategy's training iteration (images/s, FLOP/s, fraction of the "
@@ -217,7 +220,7 @@ def _dispatch(args, parser) -> int:
         return main_bench(args)
     if args.cmd == "sweep":
         from .sweep import run_sweep
-        out = run_sweep(args.file, dry_run=args.dry_run, progress=not args.no_progress)
+        out = run_sweep(args.file, dry_run=args.dry_run, progress=not args.no_progress, jobs=args.jobs)
         print(f"sweep folder: {out}")
         return 0
     if args.cmd == "evaluator":

@@ -16,7 +16,8 @@ Sweep file (YAML)::
 A list value inside a strategy entry is a grid axis. An entry's `set` applies
 after the sweep's `set`, and its settings are added to the run folder's name.
 Each run gets a folder named from its settings; finished runs are skipped,
-interrupted ones resume.
+interrupted ones resume. ``jobs`` > 1 (``cldiff sweep --jobs N``) runs that
+many at once, each in its own process (results as one at a time).
 """
 from __future__ import annotations
 
@@ -107,7 +108,8 @@ def is_finished(run_dir: Path, num_tasks: int) -> bool:
     return any(m.get("task") == num_tasks - 1 for m in list_checkpoints(run_dir))
 
 
-def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True) -> Path:
+def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jobs: int = 1) -> Path:
+    """Run the sweep's runs (``jobs`` > 1: that many at once, each in its own process), then write its report."""
     from .report import make_report
     from .strategies import REGISTRY
     from .train import train
@@ -115,6 +117,11 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True) ->
     runs, spec = plan(path)
     out = Path(spec.get("out", "runs/sweep"))
     share = bool(spec.get("share_first_task", True))
+    if jobs < 1:
+        raise ConfigError([f"--jobs must be at least 1, got {jobs}"])
+    if jobs > 1 and not dry_run:
+        failed = _run_parallel(runs, share, jobs)
+        return _finish(runs, out, failed, make_report)
     failed = []
     task0_source: dict[int, Path] = {}
     for i, r in enumerate(runs):
@@ -138,6 +145,10 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True) ->
             task0_source[r.cfg.seed] = r.out
     if dry_run:
         return out
+    return _finish(runs, out, failed, make_report)
+
+
+def _finish(runs, out: Path, failed: list, make_report) -> Path:
     done = [r.out for r in runs if is_finished(r.out, r.cfg.data.num_tasks)]
     if done:
         make_report(done, out / "report")
@@ -145,3 +156,89 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True) ->
     if failed:
         raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
     return out
+
+
+def _has_task0(run_dir: Path) -> bool:
+    from .checkpoint import list_checkpoints
+    return any(m.get("task") == 0 and m.get("complete", True) for m in list_checkpoints(run_dir))
+
+
+def _child(cfg_dict: dict, out: str, log: str) -> None:
+    """One run of a parallel sweep, in its own process; its output goes to ``log``."""
+    import os
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from .config import config_from_dict
+    from .train import train
+    train(config_from_dict(cfg_dict), out=out, resume=True, progress=False)
+
+
+def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float = 2.0) -> list[str]:
+    """Up to ``jobs`` runs at once, each a process with its share of the cores (train.threads, unless the sweep
+    sets it). With task-0 sharing, the first run of each seed trains task 0 and the seed's other new runs start
+    from its task-0 checkpoint as soon as that exists (if that run fails, they train their own task 0).
+    Each run's output goes to ``<run folder>.log``. Ctrl-C: every running run writes a checkpoint and stops."""
+    import multiprocessing as mp
+    import os
+    import time
+
+    from .evaluate import get_evaluator
+    from .strategies import REGISTRY
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    todo, source = [], {}
+    for i, r in enumerate(runs):
+        shares = share and REGISTRY[r.cfg.strategy["name"]].shares_first_task
+        if shares and r.cfg.seed not in source:
+            source[r.cfg.seed] = r
+        status = "done" if is_finished(r.out, r.cfg.data.num_tasks) else (
+            "resume" if (r.out / "checkpoints").is_dir() else "new")
+        print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
+        if status == "done":
+            continue
+        if not r.cfg.train.threads and r.cfg.train.device in ("cpu", "auto"):
+            r.cfg.train.threads = max(1, cores // jobs)  # execution only: the run's results do not depend on it
+        src = source.get(r.cfg.seed) if shares and status == "new" else None
+        todo.append((r, src if src is not r else None))
+    for data in {(r.cfg.data.dataset, r.cfg.data.root) for r, _ in todo if r.cfg.eval.enabled}:
+        get_evaluator(data[0], root=data[1])  # cached once here, not trained by several runs at once
+    ctx = mp.get_context("spawn")
+    running, failed, broken = {}, [], set()
+    try:
+        while todo or running:
+            for key, (r, p) in list(running.items()):
+                if not p.is_alive():
+                    p.join()
+                    del running[key]
+                    if p.exitcode != 0:
+                        failed.append(str(r.out))
+                        broken.add(r.out)
+                        print(f"run {r.out} failed (exit code {p.exitcode}); its output: {r.out}.log", file=sys.stderr)
+                    else:
+                        print(f"run {r.out}: done", file=sys.stderr)
+            for item in list(todo):
+                if len(running) >= jobs:
+                    break
+                r, src = item
+                if src is not None and src.out not in broken and not _has_task0(src.out):
+                    continue  # waits for the seed's task 0
+                if src is not None and src.out not in broken:
+                    r.cfg.train.init_from = str(src.out)
+                todo.remove(item)
+                r.out.parent.mkdir(parents=True, exist_ok=True)
+                p = ctx.Process(target=_child, args=(r.cfg.to_dict(), str(r.out), f"{r.out}.log"), daemon=False)
+                p.start()
+                running[r.out] = (r, p)
+                print(f"run {r.out}: started ({r.cfg.train.threads or 'default'} threads, log {r.out}.log)",
+                      file=sys.stderr)
+            if todo and not running:  # every waiting run's task-0 source has ended without a task 0: cannot happen
+                raise RuntimeError(f"sweep: {len(todo)} run(s) wait for a task 0 that no run is training")
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        print("sweep interrupted: the running runs write a checkpoint and stop; run the sweep again to resume",
+              file=sys.stderr)
+        for _, p in running.values():
+            p.join()
+        raise
+    return failed

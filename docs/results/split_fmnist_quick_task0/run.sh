@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
-# Task 0 of the `quick` presets on five class orders, with the levers that buy quality per CPU-minute:
+# Task 0 of a preset on five class orders, with the levers that buy quality per CPU-minute. PRESET=quick (default):
 #   a  the preset as it was when this ran (32x32, 200 steps)
 #   b  28x28 images (the data's own size; 1.35x the training images per second here) for 270 steps, the same time
 #   c  as b with lr 2e-3
 #   d  32x32, 400 steps (twice the time: how far more steps alone go)
-# Task 0 only (data.num_tasks=1), 500 evaluation samples as in the preset. One process at a time, THREADS torch
-# threads (default 1), every run resumable. The first runs (a and b on every order) come first. The later tasks'
-# steps (train.steps_per_task) are pinned at the value the preset had when the runs were made: they do not
-# change a task-0-only run, but a resumed run must have its own settings.
+# PRESET=cpu (runs in runs/split_fmnist_cpu_task0, the table in docs/results/split_fmnist_cpu_task0/):
+#   a  32x32, 600 steps (the `cpu` presets)
+#   b  28x28, 810 steps (the same time)
+# Task 0 only (data.num_tasks=1), the preset's evaluation samples. One process at a time, THREADS torch threads
+# (default 1), every run resumable. Arguments: the variants to run, in order (default: all of the preset's); two
+# processes side by side: `run.sh a & run.sh b; wait`. The later tasks' steps (train.steps_per_task) are pinned at
+# the value the preset had when the runs were made: they do not change a task-0-only run, but a resumed run must
+# have its own settings.
 #   bash docs/results/split_fmnist_quick_task0/run.sh
+#   PRESET=cpu bash docs/results/split_fmnist_quick_task0/run.sh a & PRESET=cpu bash docs/results/split_fmnist_quick_task0/run.sh b
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
-RUNS=${RUNS:-runs/split_fmnist_quick_task0}
+PRESET=${PRESET:-quick}
+RUNS=${RUNS:-runs/split_fmnist_${PRESET}_task0}
 CL=${CL:-cldiff}
 mkdir -p "$RUNS"
-orders=("42:paper" "69:paper" "1714:paper" "1:random" "2:random")
-one() {  # one NAME ARGS...
-  local name=$1
-  shift
-  $CL train --config configs/split_fmnist/quick/generative_distillation.yaml --out "$RUNS/$name" --no-progress \
-    --resume --set train.threads="${THREADS:-1}" --set data.num_tasks=1 --set train.steps_per_task=60 "$@" \
-    >> "$RUNS/$name.log" 2>&1
-}
-variant() {  # variant LETTER ARGS...
-  local v=$1
-  shift
+declare -A V
+case $PRESET in
+  quick) later=60; orders=("42:paper" "69:paper" "1714:paper" "1:random" "2:random")
+    V[a]="data.image_size=32 train.first_task_steps=200"; V[b]="data.image_size=28 train.first_task_steps=270"
+    V[c]="data.image_size=28 train.first_task_steps=270 train.lr=2e-3"; V[d]="data.image_size=32 train.first_task_steps=400" ;;
+  cpu) later=280; orders=("42:paper" "1714:paper" "1:random" "69:paper" "2:random")
+    V[a]="data.image_size=32 train.first_task_steps=600"; V[b]="data.image_size=28 train.first_task_steps=810" ;;
+  *) echo "PRESET must be quick or cpu, got $PRESET" >&2; exit 2 ;;
+esac
+todo=("$@")
+[ $# -gt 0 ] || mapfile -t todo < <(printf '%s\n' "${!V[@]}" | sort)
+for v in "${todo[@]}"; do
+  [ -n "${V[$v]:-}" ] || { echo "unknown variant $v for PRESET=$PRESET: one of ${!V[*]}" >&2; exit 2; }
+  sets=()
+  for kv in ${V[$v]}; do sets+=(--set "$kv"); done
   for o in "${orders[@]}"; do
-    one "${v}_seed${o%%:*}_${o##*:}" --set seed="${o%%:*}" --set data.class_order="${o##*:}" "$@"
+    name="${v}_seed${o%%:*}_${o##*:}"
+    $CL train --config "configs/split_fmnist/$PRESET/generative_distillation.yaml" --out "$RUNS/$name" --no-progress \
+      --resume --set train.threads="${THREADS:-1}" --set data.num_tasks=1 --set train.steps_per_task=$later \
+      --set seed="${o%%:*}" --set data.class_order="${o##*:}" "${sets[@]}" >> "$RUNS/$name.log" 2>&1
   done
-}
-variant a --set data.image_size=32 --set train.first_task_steps=200
-variant b --set data.image_size=28 --set train.first_task_steps=270
-variant c --set data.image_size=28 --set train.first_task_steps=270 --set train.lr=2e-3
-variant d --set data.image_size=32 --set train.first_task_steps=400
+done

@@ -1,0 +1,43 @@
+"""The lambda table and the selection rule (README: the best mean of the FID rank and the KLD rank after the 5th
+task; ties: the lower FID), from the sweep's run folders:
+    python docs/results/split_fmnist_cpu_lambda/table.py [SWEEP_FOLDER]
+Each row: fid_fmnist / KLD after every task, the time of the run's own training and evaluation (one thread,
+beside the other stream: not the speed of a run alone)."""
+import json
+import sys
+from pathlib import Path
+
+root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/sweeps/split_fmnist_cpu_lambda")
+
+
+def read(folder: Path):
+    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    cfg = next((r["config"] for r in recs if r.get("event") == "start" and "config" in r), None)
+    ev = {r["task"]: r for r in recs if r.get("event") == "eval"}
+    wall = sum(r.get("train_s", 0) for r in recs if r.get("event") == "task_end") + \
+        sum(r.get("eval_s", 0) for r in recs if r.get("event") == "eval")  # task 0 counted where it was trained
+    return cfg, ev, wall
+
+
+rows = []
+for folder in sorted(root.glob("*_lam*_seed*")):
+    lam = float(folder.name.split("_lam")[1].split("_")[0])
+    seed = int(folder.name.rsplit("seed", 1)[1])
+    _, ev, wall = read(folder)
+    rows.append((seed, lam, ev, wall))
+n_tasks = 5
+print("| seed | lambda | " + " | ".join(f"after task {k}" for k in range(n_tasks)) + " | training wall (min) |")
+print("|---|---|" + "---|" * n_tasks + "---|")
+for seed, lam, ev, wall in sorted(rows):
+    cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(n_tasks)]
+    print(f"| {seed} | {lam:g} | " + " | ".join(cells) + f" | {wall / 60:.0f} |")
+for seed in sorted({r[0] for r in rows}):
+    done = [(lam, ev[n_tasks - 1]) for s, lam, ev, _ in rows if s == seed and n_tasks - 1 in ev]
+    if len(done) < 2:
+        continue
+    fid_rank = {lam: i + 1 for i, (lam, _) in enumerate(sorted(done, key=lambda d: d[1]["fid_fmnist"]))}
+    kld_rank = {lam: i + 1 for i, (lam, _) in enumerate(sorted(done, key=lambda d: d[1]["kld"]))}
+    best = min(done, key=lambda d: ((fid_rank[d[0]] + kld_rank[d[0]]) / 2, d[1]["fid_fmnist"]))[0]
+    ranks = ", ".join(f"{lam:g}: {(fid_rank[lam] + kld_rank[lam]) / 2:g}" for lam, _ in sorted(done))
+    print(f"\nseed {seed}: mean rank (FID, KLD) {ranks}; chosen lambda {best:g}"
+          + ("" if len(done) == 4 else f" (only {len(done)} of 4 runs finished)"))
