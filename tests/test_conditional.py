@@ -277,3 +277,32 @@ def test_report_has_per_class_and_compute_tables(fake_fmnist, tmp_path, syntheti
     student = sum(e["student_images"] for e in ends)
     assert f"| {teacher:,} | {student:,} | {teacher + 3 * student:,} |" in compute
     assert (out / "compute.png").exists()
+
+
+def test_label_embedding_start_and_learning_rate(fake_fmnist, tmp_path):
+    """model.label_init_std starts the label embedding at N(0, std^2); model.label_lr_scale trains it in an Adam
+    group of its own at that multiple of the rate, kept through the schedule; neither is allowed on an
+    unconditional model."""
+    from cldiff.checkpoint import list_checkpoints, load_checkpoint_file
+    torch.manual_seed(0)
+    w = EpsModel("tiny", num_classes=10, label_init_std=0.1).unet.class_embedding.weight
+    assert 0.08 < w.std().item() < 0.12
+
+    def label_step(scale, schedule):
+        cfg = _cond_run(fake_fmnist, [f"model.label_lr_scale={scale}", f"train.lr_schedule={schedule}",
+                                      "eval.enabled=false", "train.steps_per_task=3"])
+        run = train(cfg, out=str(tmp_path / f"s{scale}{schedule}"), progress=False, stop_after=1)
+        meta = list_checkpoints(run)[0]
+        state, _ = load_checkpoint_file(meta["path"], meta)
+        groups = state["optimizer"]["param_groups"]
+        emb = state["model"]["unet.class_embedding.weight"]
+        return groups, emb.abs().max().item()
+
+    groups, big = label_step(30, "cosine")
+    assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(30 * groups[0]["lr"])
+    assert len(groups[1]["params"]) == 1
+    groups, small = label_step(1, "cosine")
+    assert len(groups) == 1  # 1x: one group, as before
+    assert 10 < big / small < 40  # Adam's first steps move each weight by about its rate
+    with pytest.raises(ConfigError, match="only a conditional model"):
+        load_config(SMOKE, ["model.label_lr_scale=30"])

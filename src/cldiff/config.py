@@ -51,6 +51,10 @@ class ModelConfig:
     # unconditional model. Replay strategies then replay labelled samples (strategy.replay_labels).
     conditional: bool = False
     cond_drop: float = 0.1  # conditional models: share of labels dropped in training (classifier-free guidance)
+    # conditional models: the label embedding's start (0: zeros; s > 0: N(0, s^2)) and its learning rate as a
+    # multiple of train.lr (docs/conditional.md: with zeros and 1x, a few hundred steps hardly move it)
+    label_init_std: float = 0.0
+    label_lr_scale: float = 1.0
 
 
 @dataclass
@@ -199,6 +203,12 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(0 < m.beta_start < m.beta_end < 1,
          f"model.beta_start/beta_end: need 0 < beta_start < beta_end < 1, got {m.beta_start}, {m.beta_end}")
     need(0 <= m.cond_drop < 1, f"model.cond_drop: must be in [0, 1) (share of labels dropped), got {m.cond_drop}")
+    need(m.label_init_std >= 0, f"model.label_init_std: must be >= 0 (0: the label embedding starts at zero), "
+         f"got {m.label_init_std}")
+    need(m.label_lr_scale > 0, f"model.label_lr_scale: must be > 0 (a multiple of train.lr), got {m.label_lr_scale}")
+    need(m.conditional or (m.label_init_std == 0 and m.label_lr_scale == 1),
+         "model.label_init_std / model.label_lr_scale: only a conditional model has labels; set "
+         "model.conditional: true, or leave them at 0 and 1")
     t = cfg.train
     need(t.batch_size >= 1, f"train.batch_size: must be >= 1, got {t.batch_size}")
     need(t.steps_per_task is not None or t.epochs_per_task is not None,

@@ -56,7 +56,7 @@ class EpsModel(nn.Module):
     """
 
     def __init__(self, preset: str = "small", channels: int = 1, image_size: int = 32, attention: str = "auto",
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, label_init_std: float = 0.0):
         super().__init__()
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention {attention!r}; allowed: {', '.join(ATTENTION_KINDS)}")
@@ -84,8 +84,11 @@ class EpsModel(nn.Module):
             # `quick_conditional` task 0 (200 steps; docs/results/split_fmnist_conditional_quick/): seed 42
             # fid_fmnist 464.1 against 520.5, label accuracy 0.404 against 0.298; seed 1714 1259.7 against
             # 1358.3, 0.044 against 0.008.
+            # model.label_init_std > 0 starts it at N(0, std^2) instead (docs/conditional.md: how fast labels are learnt).
             with torch.no_grad():
                 self.unet.class_embedding.weight.zero_()
+                if label_init_std > 0:
+                    self.unet.class_embedding.weight.normal_(0.0, label_init_std)
         self.attention = attention
         self._attn_active = None
 

@@ -227,7 +227,7 @@ class Run:
         self.data = ContinualData.from_config(cfg)
         torch.manual_seed(cfg.seed)
         self.model = EpsModel(cfg.model.preset, self.data.spec.channels, cfg.data.image_size,
-                              cfg.train.attention, model_classes(cfg)).to(device)
+                              cfg.train.attention, model_classes(cfg), cfg.model.label_init_std).to(device)
         self.schedule = NoiseSchedule.from_config(cfg.model, device)
         self.strategy = build_strategy(cfg.strategy)
         self.gen = torch.Generator(device).manual_seed(_rank_seed(cfg.seed, env.rank))  # timesteps, noise, replay
@@ -282,12 +282,12 @@ class Run:
         self.wall_before = float(meta.get("wall_s", 0.0))
         if meta.get("complete", True):
             if not cfg.train.reset_optimizer and state.get("optimizer"):
-                self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+                self.opt = self.new_optimizer()
                 self.opt.load_state_dict(state["optimizer"])
             self.start_task = meta["task"] + 1
             self.log.truncate_after(meta["task"])
         else:
-            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+            self.opt = self.new_optimizer()
             self.opt.load_state_dict(state["optimizer"])
             self.start_task = meta["task"]
             self.mid = MidTask(meta["step"], state["task"]["perm"], int(state["task"]["pos"]),
@@ -302,6 +302,18 @@ class Run:
         if env.main:
             print(f"resuming {self.run_dir} from {where}", file=sys.stderr)
         return True
+
+    def new_optimizer(self) -> torch.optim.Adam:
+        """Adam over the model at train.lr; a conditional model's label embedding in a group of its own at
+        model.label_lr_scale times the rate (the group's ``lr_scale``, kept by the schedule) when that is not 1."""
+        cfg = self.cfg
+        scale = cfg.model.label_lr_scale
+        if scale == 1 or not self.model.conditional:
+            return torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+        label = self.model.unet.class_embedding.weight
+        rest = [p for p in self.model.parameters() if p is not label]
+        return torch.optim.Adam([{"params": rest, "lr_scale": 1.0},
+                                 {"params": [label], "lr": cfg.train.lr * scale, "lr_scale": scale}], lr=cfg.train.lr)
 
     def share_first_task(self) -> None:
         """Start from another run's task 0 (train.init_from), checked to be the same computation."""
@@ -355,7 +367,7 @@ class Run:
         steps = steps_for_task(cfg, k, n)
         if self.mid is None:
             if self.opt is None or cfg.train.reset_optimizer:
-                self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+                self.opt = self.new_optimizer()
             perm, pos = torch.randperm(n, generator=self.data_gen), 0
             c, first_step = TaskCounters(), 0
         else:
@@ -384,7 +396,7 @@ class Run:
             if scheduled_lr:
                 lr = lr_at(cfg.train.lr, cfg.train.lr_schedule, cfg.train.warmup_steps, step, steps)
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
             r = train_step(self.net, self.opt, self.strategy, self.schedule, x0, k, self.gen, self.autocast,
                            cfg.train.grad_clip, cfg.train.nan_policy, self.run_dir, step, env, cfg.train.micro_batches,
                            self.loss_weight, y0, cfg.model.cond_drop)
