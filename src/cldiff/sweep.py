@@ -108,6 +108,13 @@ def is_finished(run_dir: Path, num_tasks: int) -> bool:
     return any(m.get("task") == num_tasks - 1 for m in list_checkpoints(run_dir))
 
 
+def _status(r: PlannedRun) -> str:
+    """done (its last task checkpointed), resume (some checkpoints) or new."""
+    if is_finished(r.out, r.cfg.data.num_tasks):
+        return "done"
+    return "resume" if (r.out / "checkpoints").is_dir() else "new"
+
+
 def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jobs: int = 1) -> Path:
     """Run the sweep's runs (``jobs`` > 1: that many at once, each in its own process), then write its report."""
     from .report import make_report
@@ -125,8 +132,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
     failed = []
     task0_source: dict[int, Path] = {}
     for i, r in enumerate(runs):
-        n = r.cfg.data.num_tasks
-        status = "done" if is_finished(r.out, n) else ("resume" if (r.out / "checkpoints").is_dir() else "new")
+        status = _status(r)
         print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
         if dry_run:
             continue
@@ -192,8 +198,7 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
         shares = share and REGISTRY[r.cfg.strategy["name"]].shares_first_task
         if shares and r.cfg.seed not in source:
             source[r.cfg.seed] = r
-        status = "done" if is_finished(r.out, r.cfg.data.num_tasks) else (
-            "resume" if (r.out / "checkpoints").is_dir() else "new")
+        status = _status(r)
         print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
         if status == "done":
             continue
