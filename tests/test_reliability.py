@@ -233,3 +233,26 @@ def test_rank_generators_follow_the_rank_on_resume():
     _restore_rng(one, g0, torch.Generator(), DistEnv(0, 2), seed=42, task=0)
     _restore_rng(one, g1, torch.Generator(), DistEnv(1, 2), seed=42, task=0)
     assert torch.equal(g0.get_state(), states[0]) and not torch.equal(g1.get_state(), states[0])
+
+
+def test_config_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
+    # Under DDP the other ranks read config.yaml while the main rank rewrites it on --resume; a partial file there
+    # (or after a crash mid-write) would refuse the resume. The rewrite goes through a temporary file: if it
+    # fails, the old config.yaml is whole.
+    import cldiff.checkpoint
+    from cldiff.runfolder import prepare_run_dir
+
+    cfg = load_config(SMOKE, smoke_overrides(tmp_path / "data"))
+    out = tmp_path / "run"
+    prepare_run_dir(cfg, str(out), resume=False)
+    before = (out / "config.yaml").read_text()
+    assert "smoke" in before or "tiny" in before  # the whole config, not an empty file
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cldiff.checkpoint.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_run_dir(cfg, str(out), resume=True)
+    assert (out / "config.yaml").read_text() == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "samples"]  # no temporary file left

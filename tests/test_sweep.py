@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from cldiff import sweep
-from cldiff.config import ConfigError, load_config
+from cldiff.config import EXECUTION_ONLY, ConfigError, load_config
 
 from conftest import CONFIGS
 
@@ -37,14 +37,18 @@ def test_entry_set_must_be_a_mapping(tmp_path):
         sweep.plan(_write(tmp_path, [{"name": "joint", "set": "train.steps_per_task=9"}]))
 
 
-def test_cpu_sweep_plans_exactly_the_cpu_presets():
+@pytest.mark.parametrize("sweep_file,presets", [("split_fmnist_cpu.yaml", "cpu"),
+                                                ("split_fmnist_cpu_conditional.yaml", "cpu_conditional")])
+def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets):
     # The README's grid is made from configs/split_fmnist/cpu/NAME.yaml; the sweep must be the same experiment.
-    runs, _ = sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu.yaml")
+    runs, _ = sweep.plan(CONFIGS / "sweeps" / sweep_file)
     assert {r.cfg.seed for r in runs} == {42, 69, 1714}
     for r in runs:
-        preset = load_config(CONFIGS / "split_fmnist" / "cpu" / f"{r.cfg.strategy['name']}.yaml",
+        preset = load_config(CONFIGS / "split_fmnist" / presets / f"{r.cfg.strategy['name']}.yaml",
                              [f"seed={r.cfg.seed}"])
         a, b = r.cfg.to_dict(), preset.to_dict()
         for d in (a, b):
             d.pop("out_dir"), d.pop("name")
+            for k in EXECUTION_ONLY:  # how a run executes (threads, checkpoints) is not the experiment
+                d["train"].pop(k)
         assert a == b, r.out.name

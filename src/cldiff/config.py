@@ -343,5 +343,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 
-def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def config_yaml(cfg: Config) -> str:
+    """The config as the YAML a run folder keeps (``config.yaml``)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

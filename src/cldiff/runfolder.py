@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint_file, load_latest
-from .config import DISPLAY_ONLY, Config, config_from_dict, save_config
+from .config import DISPLAY_ONLY, Config, config_from_dict, config_yaml
 from .data import DATASETS
 from .model import EpsModel, NoiseSchedule, model_classes
 
@@ -131,7 +131,9 @@ def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = Tr
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    # atomic: under DDP the other ranks read this file while the main rank rewrites it on --resume, and a crash
+    # mid-write must not leave a run that can no longer be resumed
+    atomic_write_bytes(run_dir / "config.yaml", config_yaml(cfg).encode())
     return run_dir
 
 

@@ -28,9 +28,10 @@ xc=(${EXTRA_CPU:-})
 # shellcheck disable=SC2206
 xp=(${EXTRA_PAPER:-})
 common=(--no-progress --resume --set seed="$SEED" --set train.threads=2)
-# the `cpu` presets as they were for these runs: before the training recipe (docs/recipe.md)
+# the `cpu` presets as they were for these runs: before the training recipe (docs/recipe.md), 32x32
 xc=(--set train.ema_decay=null --set train.lr_schedule=constant --set train.warmup_steps=0
-    --set train.loss_weighting=none "${xc[@]}")
+    --set train.loss_weighting=none --set data.image_size=32 --set train.first_task_steps=600
+    --set train.steps_per_task=280 "${xc[@]}")
 steps=${STEPS:-$((94 * EPOCHS))}  # STEPS overrides; the paper's 94 iterations per epoch (12,000 images, batch 128)
 paper=(--set train.steps_per_task=$steps --set eval.n_samples=2000 --set eval.batch_size=1000)
 

@@ -17,7 +17,11 @@ C=configs/split_fmnist/cpu
 mkdir -p "$RUNS"
 # shellcheck disable=SC2206
 extra=(${EXTRA:-})
-common=(--no-progress --resume --set seed="$SEED" --set train.threads="${THREADS:-1}" --set data.num_tasks="$TASKS")
+common=(--no-progress --resume --set seed="$SEED" --set train.threads="${THREADS:-1}" --set data.num_tasks="$TASKS"
+        --set data.image_size=32 --set train.first_task_steps=600  # the `cpu` presets as they were then:
+        --set train.ema_decay=null --set train.lr_schedule=constant --set train.warmup_steps=0  # 32x32, no recipe
+        --set train.loss_weighting=none)
+steps=(--set train.steps_per_task=280)  # GD and GR; joint 600
 
 run() {  # run FOLDER ARGS...: one `cldiff train`, its output appended to FOLDER.log
   local out=$1
@@ -29,12 +33,12 @@ option() {  # option NAME [--set ...]
   local name=$1
   shift
   local first=$RUNS/${name}_gd_seed$SEED pids=() rc=0
-  run "$first" --config $C/generative_distillation.yaml "$@" --tasks 1
-  run "$first" --config $C/generative_distillation.yaml "$@" & pids+=($!)
-  run "$RUNS/${name}_joint_seed$SEED" --config $C/joint.yaml "$@" \
+  run "$first" --config $C/generative_distillation.yaml "${steps[@]}" "$@" --tasks 1
+  run "$first" --config $C/generative_distillation.yaml "${steps[@]}" "$@" & pids+=($!)
+  run "$RUNS/${name}_joint_seed$SEED" --config $C/joint.yaml --set train.steps_per_task=600 "$@" \
     --set train.init_from="$first" & pids+=($!)
   if [ "$name" = base ] || [ "$name" = all ]; then
-    run "$RUNS/${name}_gr_seed$SEED" --config $C/generative_replay.yaml "$@" --set train.init_from="$first" & pids+=($!)
+    run "$RUNS/${name}_gr_seed$SEED" --config $C/generative_replay.yaml "${steps[@]}" "$@" --set train.init_from="$first" & pids+=($!)
   fi
   for p in "${pids[@]}"; do wait "$p" || rc=$?; done
   return $rc
