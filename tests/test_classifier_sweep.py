@@ -156,3 +156,80 @@ def test_parallel_sweep_gives_the_sequential_results(fake_fmnist, tmp_path):
     assert (tmp_path / "par" / "report" / "report.md").exists()
     with pytest.raises(Exception, match="--jobs must be at least 1"):
         sweep.run_sweep(par, progress=False, jobs=0)
+
+
+def test_interrupted_run_stops_a_sequential_sweep(fake_fmnist, tmp_path, monkeypatch):
+    """Ctrl-C in a sweep: the run writes its checkpoint and the sweep stops; it does not go on to the next run."""
+    from cldiff import sweep
+    from cldiff.train import Interrupted
+
+    sw = tmp_path / "sw.yaml"
+    sw.write_text(yaml.safe_dump({
+        "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / "out"),
+        "set": {"data.root": str(fake_fmnist), "data.verify": False},
+        "grid": {"seed": [42, 69], "strategy": [{"name": "naive"}]}}))
+    calls = []
+
+    def interrupted(cfg, **kw):
+        calls.append(cfg.seed)
+        raise Interrupted("interrupted at task 0 step 3; checkpoint written")
+
+    monkeypatch.setattr("cldiff.train.train", interrupted)
+    with pytest.raises(Interrupted, match="sweep interrupted"):
+        sweep.run_sweep(sw, progress=False)
+    assert calls == [42]
+
+
+@pytest.mark.slow  # about half a minute: two runs in their own processes, interrupted
+def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
+    """A parallel sweep started in the background ignores SIGINT; its runs do not. Interrupted runs write a
+    checkpoint, and the sweep starts no further run and exits with 130 (before, it counted them as failed and
+    started the next runs)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cldiff.checkpoint import list_checkpoints
+
+    sw = tmp_path / "sw.yaml"
+    out = tmp_path / "out"
+    sw.write_text(yaml.safe_dump({
+        "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(out),
+        "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 3000,
+                "train.threads": 1, "train.log_every": 1},
+        "grid": {"seed": [42, 69, 1714], "strategy": [{"name": "naive"}]}}))
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (as `cmd &` in a script)
+    p = subprocess.Popen([sys.executable, "-m", "cldiff", "sweep", str(sw), "--jobs", "2"], preexec_fn=ignore_sigint,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        t0 = time.time()
+        logs = lambda: [m for m in out.glob("*/metrics.jsonl") if '"train"' in m.read_text()]  # noqa: E731
+        while len(logs()) < 2:
+            assert p.poll() is None and time.time() - t0 < 240, "the runs ended before they could be interrupted"
+            time.sleep(0.2)
+        runs = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) == p.pid
+                and b"spawn_main" in (d / "cmdline").read_bytes() and b"tracker_fd" in (d / "cmdline").read_bytes()
+                and b"resource_tracker" not in (d / "cmdline").read_bytes()]
+        assert len(runs) == 2
+        for pid in runs:  # as `kill -INT -- -PGID` would, but the sweep's parent ignores it
+            os.kill(pid, signal.SIGINT)
+        _, err = p.communicate(timeout=240)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "sweep interrupted" in err
+    folders = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "report")
+    assert len(folders) == 2  # the third run was never started
+    for d in folders:
+        assert any(not m.get("complete", True) for m in list_checkpoints(d)), f"{d}: no mid-task checkpoint"
+
+
+def _parent(proc_dir: Path) -> int:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1

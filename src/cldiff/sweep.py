@@ -119,7 +119,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
     """Run the sweep's runs (``jobs`` > 1: that many at once, each in its own process), then write its report."""
     from .report import make_report
     from .strategies import REGISTRY
-    from .train import train
+    from .train import Interrupted, train
 
     runs, spec = plan(path)
     out = Path(spec.get("out", "runs/sweep"))
@@ -142,6 +142,8 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
                 r.cfg.train.init_from = str(src)
             try:
                 train(r.cfg, out=str(r.out), resume=True, progress=progress)
+            except Interrupted:  # Ctrl-C: the run wrote a checkpoint; the sweep stops (not the next run)
+                raise Interrupted(_STOPPED) from None
             except Exception as e:  # one broken run does not stop the sweep; it is reported at the end
                 print(f"run {r.out} failed: {e}", file=sys.stderr)
                 traceback.print_exc()
@@ -169,15 +171,24 @@ def _has_task0(run_dir: Path) -> bool:
     return any(m.get("task") == 0 and m.get("complete", True) for m in list_checkpoints(run_dir))
 
 
+_STOPPED = "sweep interrupted: the running runs wrote a checkpoint and stopped; run the same command again to resume"
+INTERRUPTED_EXIT = 130  # a parallel sweep's run that was interrupted (it wrote a checkpoint)
+
+
 def _child(cfg_dict: dict, out: str, log: str) -> None:
-    """One run of a parallel sweep, in its own process; its output goes to ``log``."""
+    """One run of a parallel sweep, in its own process; its output goes to ``log``. Interrupted (SIGINT): it
+    writes a checkpoint and exits with INTERRUPTED_EXIT, which stops the sweep."""
     import os
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     from .config import config_from_dict
-    from .train import train
-    train(config_from_dict(cfg_dict), out=out, resume=True, progress=False)
+    from .train import Interrupted, train
+    try:
+        train(config_from_dict(cfg_dict), out=out, resume=True, progress=False)
+    except Interrupted as e:
+        print(f"cldiff: {e}", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float = 2.0) -> list[str]:
@@ -191,6 +202,7 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
 
     from .evaluate import get_evaluator
     from .strategies import REGISTRY
+    from .train import Interrupted
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     todo, source = [], {}
@@ -209,14 +221,18 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
     for data in {(r.cfg.data.dataset, r.cfg.data.root) for r, _ in todo if r.cfg.eval.enabled}:
         get_evaluator(data[0], root=data[1])  # cached once here, not trained by several runs at once
     ctx = mp.get_context("spawn")
-    running, failed, broken = {}, [], set()
+    running, failed, broken, interrupted = {}, [], set(), False
     try:
         while todo or running:
             for key, (r, p) in list(running.items()):
                 if not p.is_alive():
                     p.join()
                     del running[key]
-                    if p.exitcode != 0:
+                    if p.exitcode == INTERRUPTED_EXIT:  # a run was interrupted (the sweep's parent may not see
+                        interrupted = True              # the signal: started in the background, it ignores it)
+                        todo.clear()
+                        print(f"run {r.out}: interrupted; checkpoint written", file=sys.stderr)
+                    elif p.exitcode != 0:
                         failed.append(str(r.out))
                         broken.add(r.out)
                         print(f"run {r.out} failed (exit code {p.exitcode}); its output: {r.out}.log", file=sys.stderr)
@@ -237,12 +253,13 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
                 running[r.out] = (r, p)
                 print(f"run {r.out}: started ({r.cfg.train.threads or 'default'} threads, log {r.out}.log)",
                       file=sys.stderr)
+            if interrupted and not running:
+                raise Interrupted(_STOPPED)
             if todo and not running:  # every waiting run's task-0 source has ended without a task 0: cannot happen
                 raise RuntimeError(f"sweep: {len(todo)} run(s) wait for a task 0 that no run is training")
             time.sleep(poll_s)
     except KeyboardInterrupt:
-        print("sweep interrupted: the running runs write a checkpoint and stop; run the sweep again to resume",
-              file=sys.stderr)
+        print(_STOPPED, file=sys.stderr)
         for _, p in running.values():
             p.join()
         raise
