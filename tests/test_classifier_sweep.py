@@ -202,7 +202,7 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
         "grid": {"seed": [42, 69, 1714], "strategy": [{"name": "naive"}]}}))
     ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731  (as `cmd &` in a script)
     p = subprocess.Popen([sys.executable, "-m", "cldiff", "sweep", str(sw), "--jobs", "2"], preexec_fn=ignore_sigint,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         t0 = time.time()
@@ -217,9 +217,12 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
         for pid in runs:  # as `kill -INT -- -PGID` would, but the sweep's parent ignores it
             os.kill(pid, signal.SIGINT)
         _, err = p.communicate(timeout=240)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    finally:  # a failing test leaves no run behind
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
     assert p.returncode == 130, err[-2000:]
     assert "sweep interrupted" in err
     folders = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "report")
