@@ -71,3 +71,17 @@ def step_context(k=1, b=4, seed=0):
 
 def smoke_overrides(data_root: Path) -> list[str]:
     return [f"data.root={data_root}", "data.verify=false"]
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc), sorted."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return sorted(out)

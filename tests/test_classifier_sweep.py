@@ -10,7 +10,7 @@ from cldiff.config import ClassifierConfig, load_config
 from cldiff.data import ContinualData
 from cldiff.model import EpsModel, NoiseSchedule
 
-from conftest import CONFIGS, smoke_overrides
+from conftest import CONFIGS, child_pids, smoke_overrides
 
 
 def test_kd_directions():
@@ -210,9 +210,7 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
         while len(logs()) < 2:
             assert p.poll() is None and time.time() - t0 < 240, "the runs ended before they could be interrupted"
             time.sleep(0.2)
-        runs = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _parent(d) == p.pid
-                and b"spawn_main" in (d / "cmdline").read_bytes() and b"tracker_fd" in (d / "cmdline").read_bytes()
-                and b"resource_tracker" not in (d / "cmdline").read_bytes()]
+        runs = [c for c in child_pids(p.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(runs) == 2
         for pid in runs:  # as `kill -INT -- -PGID` would, but the sweep's parent ignores it
             os.kill(pid, signal.SIGINT)
@@ -229,10 +227,3 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
     assert len(folders) == 2  # the third run was never started
     for d in folders:
         assert any(not m.get("complete", True) for m in list_checkpoints(d)), f"{d}: no mid-task checkpoint"
-
-
-def _parent(proc_dir: Path) -> int:
-    try:
-        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1

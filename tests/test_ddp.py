@@ -12,7 +12,7 @@ import torch
 
 from cldiff.checkpoint import list_checkpoints, load_latest
 
-from conftest import CONFIGS, smoke_overrides
+from conftest import CONFIGS, child_pids, smoke_overrides
 
 SMOKE = CONFIGS / "split_fmnist" / "smoke.yaml"
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -41,19 +41,6 @@ def fmnist_evaluator():
         net, info = train_evaluator("synthetic", epochs=1, verbose=False, max_train=300)
         path = save_evaluator(net, {**info, "dataset": "fashion_mnist"})
     return load_evaluator(path)
-
-
-def _children(pid):
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d.name))
-    return sorted(out)
 
 
 def _alive(pid):
@@ -122,7 +109,7 @@ def test_two_ranks_killed_and_resumed_equal_uninterrupted(fake_fmnist, tmp_path,
     while not any(m.get("task") == 1 and not m.get("complete", True) for m in list_checkpoints(run)):
         assert p.poll() is None and time.time() - t0 < 300, "the run ended before it could be killed"
         time.sleep(0.05)
-    ranks = _children(p.pid)
+    ranks = child_pids(p.pid)
     assert len(ranks) == 2
     os.kill(ranks[-1], signal.SIGKILL)  # one rank dies mid task 1: torchrun stops the other and fails
     assert p.wait(timeout=120) != 0
