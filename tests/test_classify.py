@@ -136,6 +136,29 @@ def test_classify_real_replay_distills_on_real_images_of_earlier_tasks(run3, mon
         assert not any((later.flatten(1) == row).all(1).any() for row in xr.flatten(1))
 
 
+def test_classify_tasks_goes_one_task_past_the_last_checkpoint_and_matches_the_full_run(run3, tmp_path):
+    import shutil
+    classify_run(run3, CLF, restart=True, log=lambda m: None)
+    full = [r["acc"] for r in _evals(run3) if r["event"] == "classifier_eval"]
+    first = tmp_path / "first"  # the same run, stopped after task 0
+    shutil.copytree(run3, first)
+    for f in (first / "classifier.jsonl", first / "classifier_state.pt", *(first / "checkpoints").glob("task_0[12]*")):
+        f.unlink()
+    classify_run(first, CLF, log=lambda m: None)  # default: the finished tasks only
+    assert [r["acc"] for r in _evals(first) if r["event"] == "classifier_eval"] == full[:1]
+    msgs = []
+    classify_run(first, CLF, log=msgs.append, tasks=2)  # task 1 replays from task 0's checkpoint: continues
+    assert msgs[0].startswith("task 1:")
+    assert [r["acc"] for r in _evals(first) if r["event"] == "classifier_eval"] == full[:2]
+    with pytest.raises(ValueError, match=r"--tasks 3: must be between 1 and 2 .*checkpoint k-1"):
+        classify_run(first, CLF, log=lambda m: None, tasks=3)  # task 2 would need task 1's model
+    # modes without a generator need only the data: every task of the run
+    classify_run(first, CLF + ["classifier.mode=joint"], restart=True, log=lambda m: None, tasks=3)
+    assert [r["task"] for r in _evals(first) if r["event"] == "classifier_eval"] == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"--tasks 4: must be between 1 and 3"):
+        classify_run(first, CLF + ["classifier.mode=joint"], log=lambda m: None, tasks=4)
+
+
 @pytest.mark.slow
 def test_classify_refuses_run_settings_and_pruned_checkpoints(run3, tmp_path):
     with pytest.raises(ConfigError, match="only classifier"):

@@ -45,8 +45,11 @@ def _complete_tasks(run_dir: Path) -> dict[int, dict]:
 
 
 def classify_run(run_dir: str | Path, overrides: list[str] | None = None, threads: int | None = None,
-                 restart: bool = False, log=print) -> Path:
-    """Train the classifier over the run's finished tasks; returns the path of classifier.jsonl."""
+                 restart: bool = False, log=print, tasks: int | None = None) -> Path:
+    """Train the classifier over the run's finished tasks, or over its first ``tasks`` tasks; returns the path of
+    classifier.jsonl. Task k replays from the end-of-task checkpoint k-1 only, so ``tasks`` may be one more than
+    the run has finished: a run stopped after task 0 gives the classifier's tasks 0 and 1 (how the classifier
+    depends on the task-0 generator, without training the diffusion model on task 1)."""
     from .classifier import MODES, ContinualClassifier
     from .data import ContinualData
     from .model import NoiseSchedule, autocast_for
@@ -61,6 +64,13 @@ def classify_run(run_dir: str | Path, overrides: list[str] | None = None, thread
     if not done:
         raise CheckpointError(f"{run_dir}: no end-of-task checkpoint; finish at least one task first")
     n_tasks = max(done) + 1  # the tasks the run has finished
+    if tasks is not None:
+        limit = min(n_tasks + 1, cfg.data.num_tasks) if MODES[c.mode].uses_generator else cfg.data.num_tasks
+        if not 1 <= tasks <= limit:
+            why = (f"the run has finished {n_tasks} task(s), and task k needs its end-of-task checkpoint k-1"
+                   if MODES[c.mode].uses_generator else f"the run has {cfg.data.num_tasks} tasks")
+            raise ValueError(f"--tasks {tasks}: must be between 1 and {limit} for {run_dir} ({why})")
+        n_tasks = tasks
     if MODES[c.mode].uses_generator:
         # task k replays from the model of task k-1; the last finished task's own model is not needed
         missing = [j for j in range(n_tasks - 1) if j not in done]

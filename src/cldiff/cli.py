@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the run's config)")
     c.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
     c.add_argument("--restart", action="store_true", help="discard an earlier classifier of the run and start again")
+    c.add_argument("--tasks", type=int, help="train on the first TASKS tasks only (default: every task the run "
+                   "finished; one more is allowed, since task k replays from checkpoint k-1)")
 
     f = sub.add_parser("fid", help="FID between two image sets (offline, our evaluator's features)",
                        description="FID on the evaluator's features between two image sets. Each set is a folder of "
@@ -193,7 +195,7 @@ def _dispatch(args, parser) -> int:
         from .classify import classify_run
         for run in args.runs:
             out = classify_run(run, args.set, args.threads, args.restart,
-                               log=lambda m, r=run: print(f"{r}: {m}", flush=True))
+                               log=lambda m, r=run: print(f"{r}: {m}", flush=True), tasks=args.tasks)
             print(f"classifier results: {out}")
         return 0
     if args.cmd == "fid":
