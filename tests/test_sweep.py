@@ -52,3 +52,26 @@ def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets):
             for k in EXECUTION_ONLY:  # how a run executes (threads, checkpoints) is not the experiment
                 d["train"].pop(k)
         assert a == b, r.out.name
+
+
+def _experiment(r) -> dict:
+    d = r.cfg.to_dict()
+    d.pop("out_dir"), d.pop("name")
+    for k in EXECUTION_ONLY:
+        d["train"].pop(k)
+    return d
+
+
+def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
+    # Sweep files may share a folder (the trajectory variants reuse the `cpu` table's GD runs as their task-0
+    # source): a run resumed by either file must find the settings it was made with.
+    planned: dict = {}
+    for f in sorted((CONFIGS / "sweeps").glob("*.yaml")):
+        for r in sweep.plan(f)[0]:
+            planned.setdefault(r.out, []).append((f.name, _experiment(r)))
+    shared = {out: v for out, v in planned.items() if len({name for name, _ in v}) > 1}
+    for out, v in shared.items():
+        assert all(d == v[0][1] for _, d in v), f"{out}: planned differently by {[n for n, _ in v]}"
+    traj = {r.out for r in sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu_trajectory.yaml")[0]
+            if r.cfg.strategy["name"] == "generative_distillation"}
+    assert len(traj) == 3 and traj <= set(shared)  # its GD runs are the `cpu` table's own
