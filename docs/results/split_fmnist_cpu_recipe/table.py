@@ -31,3 +31,55 @@ for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()
     cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(N_TASKS)]
     acc = " ".join(f"{r['avg_acc']:.3f}" for r in cls) or "-"
     print(f"| {name[0]} | {name[1].split('_')[0]} | " + " | ".join(cells) + f" | {teacher:,} | {minutes:.0f} | {acc} |")
+
+# Final (after the last task) means over the seeds that finished, and the quality issue's targets on them.
+final = {}
+for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()):
+    name, seed = folder.name.removeprefix("fashion_mnist_").rsplit("_small_seed", 1)
+    ev = {r["task"]: r for r in records(folder / "metrics.jsonl") if r.get("event") == "eval"}
+    if N_TASKS - 1 in ev:
+        cls = [r for r in records(folder / "classifier.jsonl") if r.get("event") == "classifier_eval"]
+        final.setdefault(name, {})[int(seed.split("_")[0])] = (
+            ev[N_TASKS - 1]["fid_fmnist"], ev[N_TASKS - 1]["kld"],
+            cls[-1]["avg_acc"] if len(cls) == N_TASKS else None)
+
+
+def mean_sd(xs):
+    """(mean, "mean ± sd" text) of the values present; sd only with two or more."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, "-"
+    m = sum(xs) / len(xs)
+    fmt = "{:.3f}" if m < 10 else "{:.1f}"
+    text = fmt.format(m)
+    if len(xs) > 1:
+        text += " ± " + fmt.format((sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5)
+    return m, text
+
+
+if final:
+    print("\nAfter the last task, mean ± sd over the seeds finished:\n")
+    print("| strategy | seeds | fid_fmnist | KLD | classifier average accuracy |")
+    print("|---|---|---|---|---|")
+    means = {}
+    for strat, by_seed in sorted(final.items()):
+        cols = list(zip(*by_seed.values()))
+        means[strat] = [mean_sd(c)[0] for c in cols]
+        print(f"| {strat} | {', '.join(map(str, sorted(by_seed)))} | "
+              + " | ".join(mean_sd(c)[1] for c in cols) + " |")
+    # the table's own settings of each strategy (configs/sweeps/split_fmnist_cpu.yaml)
+    gd, gr, jt = (means.get(k) for k in ("generative_distillation_lam1.0_teacher_steps2",
+                                         "generative_replay_lam1.0_teacher_steps2", "joint"))
+    print("\n| target | value | |\n|---|---|---|")
+    if gd and gr:
+        print(f"| GD's FID <= 1/3 of GR's | {gd[0] / gr[0]:.2f}x | {'met' if gd[0] <= gr[0] / 3 else 'missed'} |")
+        print(f"| GD's KLD <= 0.4 | {gd[1]:.3f} | {'met' if gd[1] <= 0.4 else 'missed'} |")
+        print(f"| GR's KLD >= 1.5 | {gr[1]:.3f} | {'met' if gr[1] >= 1.5 else 'missed'} |")
+    if jt:
+        print(f"| joint's FID <= 250 | {jt[0]:.1f} | {'met' if jt[0] <= 250 else 'missed'} |")
+    if gd and jt:
+        print(f"| GD's FID within 1.5x of joint's | {gd[0] / jt[0]:.2f}x | {'met' if gd[0] <= 1.5 * jt[0] else 'missed'} |")
+    if gd and jt and gd[2] is not None and jt[2] is not None:
+        gap = 100 * (jt[2] - gd[2])
+        print(f"| classifier with GD replay within 15 points of joint's (`classifier.mode=joint` on the joint run) "
+              f"| {gap:.1f} points below | {'met' if gap <= 15 else 'missed'} |")
