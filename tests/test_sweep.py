@@ -37,6 +37,15 @@ def test_entry_set_must_be_a_mapping(tmp_path):
         sweep.plan(_write(tmp_path, [{"name": "joint", "set": "train.steps_per_task=9"}]))
 
 
+def _experiment(cfg) -> dict:
+    """The config without where the run goes and how it executes (threads, checkpoints): the experiment."""
+    d = cfg.to_dict()
+    d.pop("out_dir"), d.pop("name")
+    for k in EXECUTION_ONLY:
+        d["train"].pop(k)
+    return d
+
+
 @pytest.mark.parametrize("sweep_file,presets", [("split_fmnist_cpu.yaml", "cpu"),
                                                 ("split_fmnist_cpu_conditional.yaml", "cpu_conditional")])
 def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets):
@@ -46,20 +55,7 @@ def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets):
     for r in runs:
         preset = load_config(CONFIGS / "split_fmnist" / presets / f"{r.cfg.strategy['name']}.yaml",
                              [f"seed={r.cfg.seed}"])
-        a, b = r.cfg.to_dict(), preset.to_dict()
-        for d in (a, b):
-            d.pop("out_dir"), d.pop("name")
-            for k in EXECUTION_ONLY:  # how a run executes (threads, checkpoints) is not the experiment
-                d["train"].pop(k)
-        assert a == b, r.out.name
-
-
-def _experiment(r) -> dict:
-    d = r.cfg.to_dict()
-    d.pop("out_dir"), d.pop("name")
-    for k in EXECUTION_ONLY:
-        d["train"].pop(k)
-    return d
+        assert _experiment(r.cfg) == _experiment(preset), r.out.name
 
 
 def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
@@ -68,7 +64,7 @@ def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
     planned: dict = {}
     for f in sorted((CONFIGS / "sweeps").glob("*.yaml")):
         for r in sweep.plan(f)[0]:
-            planned.setdefault(r.out, []).append((f.name, _experiment(r)))
+            planned.setdefault(r.out, []).append((f.name, _experiment(r.cfg)))
     shared = {out: v for out, v in planned.items() if len({name for name, _ in v}) > 1}
     for out, v in shared.items():
         assert all(d == v[0][1] for _, d in v), f"{out}: planned differently by {[n for n, _ in v]}"

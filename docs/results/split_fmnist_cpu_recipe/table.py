@@ -9,6 +9,7 @@ from pathlib import Path
 
 root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/sweeps/split_fmnist_cpu")
 N_TASKS = 5
+final = {}  # run name (settings) -> seed -> (fid, kld, classifier accuracy) after the last task
 
 
 def records(path: Path):
@@ -31,18 +32,11 @@ for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()
     cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(N_TASKS)]
     acc = " ".join(f"{r['avg_acc']:.3f}" for r in cls) or "-"
     print(f"| {name[0]} | {name[1].split('_')[0]} | " + " | ".join(cells) + f" | {teacher:,} | {minutes:.0f} | {acc} |")
-
-# Final (after the last task) means over the seeds that finished, and the quality issue's targets on them.
-final = {}
-for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()):
-    name, seed = folder.name.removeprefix("fashion_mnist_").rsplit("_small_seed", 1)
-    ev = {r["task"]: r for r in records(folder / "metrics.jsonl") if r.get("event") == "eval"}
     if N_TASKS - 1 in ev:
-        cls = [r for r in records(folder / "classifier.jsonl") if r.get("event") == "classifier_eval"]
-        final.setdefault(name, {})[int(seed.split("_")[0])] = (
-            ev[N_TASKS - 1]["fid_fmnist"], ev[N_TASKS - 1]["kld"],
-            cls[-1]["avg_acc"] if len(cls) == N_TASKS else None)
+        final.setdefault(name[0], {})[int(name[1].split("_")[0])] = (
+            ev[N_TASKS - 1]["fid_fmnist"], ev[N_TASKS - 1]["kld"], cls[-1]["avg_acc"] if len(cls) == N_TASKS else None)
 
+# After the last task: means over the seeds that finished, and the quality issue's targets on them.
 
 def mean_sd(xs):
     """(mean, "mean ± sd" text) of the values present; sd only with two or more."""
