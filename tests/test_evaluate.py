@@ -132,6 +132,37 @@ def test_train_with_eval_writes_metrics_and_csv(fake_fmnist, tmp_path, synthetic
 
 
 @pytest.mark.slow  # long (tens of seconds), not a process of its own
+def test_evaluate_recomputes_a_checkpoint_and_other_steps_leave_the_run_alone(fake_fmnist, tmp_path,
+                                                                               synthetic_evaluator, monkeypatch,
+                                                                               capsys):
+    from cldiff.cli import main
+    from cldiff.config import load_config
+    from cldiff.train import train
+    from conftest import CONFIGS, smoke_overrides
+    cfg = load_config(CONFIGS / "split_fmnist" / "smoke.yaml", smoke_overrides(fake_fmnist) +
+                      ["eval.enabled=true", "eval.n_samples=40", "eval.steps=2", "data.num_tasks=1"])
+    out = train(cfg, out=str(tmp_path / "r"), progress=False, evaluator=synthetic_evaluator)
+    monkeypatch.setattr(ev, "get_evaluator", lambda *a, **k: synthetic_evaluator)
+    written = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x][0]
+    csv_before = (out / "eval.csv").read_text()
+
+    def evaluate(*args):
+        capsys.readouterr()
+        rc = main(["evaluate", str(out), "--task", "0", *args])
+        o = capsys.readouterr()
+        return rc, (json.loads(o.out.splitlines()[-1]) if rc == 0 else o.err)
+
+    rc, same = evaluate()  # the run's own settings: the figures written at the task's end, recomputed
+    assert rc == 0 and same["fid_synthetic"] == pytest.approx(written["fid_synthetic"], rel=1e-6)
+    assert same["kld"] == pytest.approx(written["kld"], rel=1e-6)
+    rc, other = evaluate("--steps", "5")  # other DDIM steps: other samples, other figures, printed only
+    assert rc == 0 and other["fid_synthetic"] != pytest.approx(same["fid_synthetic"], rel=1e-6)
+    assert (out / "eval.csv").read_text() == csv_before
+    rc, err = evaluate("--steps", "0")
+    assert rc == 2 and "--steps 0" in err and "at least 1" in err
+
+
+@pytest.mark.slow  # long (tens of seconds), not a process of its own
 @needs_real_data
 def test_real_fid_same_classes_small_different_large():
     from cldiff.evaluate import find_evaluator, load_evaluator

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="a run folder")
     e.add_argument("--task", type=int, help="only this task's checkpoint (default: every kept checkpoint)")
     e.add_argument("--n", type=int, help="override eval.n_samples")
+    e.add_argument("--steps", type=int, help="override eval.steps (DDIM steps per sample; the run's metrics files "
+                   "are not changed, the figures are printed)")
 
     c = sub.add_parser("classify", help="train the continual classifier on a finished run (its checkpoints "
                        "as replay generators)", description="Train the classifier of docs/protocol.md §5 after the "
@@ -320,6 +322,10 @@ def _evaluate(args) -> int:
         model, schedule, cfg, _ = load_model(meta["path"], dev)
         if args.n:
             cfg.eval.n_samples = args.n
+        if args.steps is not None:
+            if args.steps < 1:
+                raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
+            cfg.eval.steps = args.steps
         ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root)
         data = ContinualData.from_config(cfg)
         m = evaluate_task(model, schedule, data, meta["task"], cfg.eval, ev, dev, autocast_for(dev, cfg.train.precision))
