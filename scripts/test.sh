@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# --durations: the slowest tests are printed, so that the suite's time budget (about 10 minutes) stays visible
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
