@@ -311,6 +311,8 @@ def _evaluate(args) -> int:
     from .model import autocast_for
     from .runfolder import load_model
 
+    if args.steps is not None and args.steps < 1:  # before any checkpoint is loaded
+        raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
     run = Path(args.run)
     metas = [m for m in list_checkpoints(run) if args.task is None or m.get("task") == args.task]
     if not metas:
@@ -323,8 +325,6 @@ def _evaluate(args) -> int:
         if args.n:
             cfg.eval.n_samples = args.n
         if args.steps is not None:
-            if args.steps < 1:
-                raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
             cfg.eval.steps = args.steps
         ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root)
         data = ContinualData.from_config(cfg)

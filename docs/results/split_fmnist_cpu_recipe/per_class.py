@@ -3,17 +3,18 @@
 One table per run: a row per task, a column per class in the order the classes arrived, each cell the fid_fmnist
 of the samples the evaluator puts in that class against the test images of the class ("-": fewer than 10 such
 samples), and the task at which the class arrived."""
-import json
 import sys
 from pathlib import Path
 
-NAMES = ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+from cldiff.data import DATASETS
+from cldiff.report import load_run
+
+NAMES = DATASETS["fashion_mnist"].class_names
 
 if len(sys.argv) < 2:
     sys.exit(__doc__)
 for run in map(Path, sys.argv[1:]):
-    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event": "eval"' in x]
-    evals = sorted({e["task"]: e for e in evals}.values(), key=lambda e: e["task"])  # the last record of a task
+    evals = [e for _, e in sorted(load_run(run)["evals"].items())]  # the last record of each task
     arrived: dict[int, int] = {}
     for e in evals:
         for c in e["seen_classes"]:
