@@ -227,3 +227,33 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
     assert len(folders) == 2  # the third run was never started
     for d in folders:
         assert any(not m.get("complete", True) for m in list_checkpoints(d)), f"{d}: no mid-task checkpoint"
+
+
+def test_sweep_starts_new_runs_from_a_task_0_that_exists_whatever_the_order(fake_fmnist, tmp_path):
+    """A second sweep file in the same folder lists a new run before the finished one: the new run starts from
+    the finished run's task 0 instead of training its own."""
+    import json
+
+    from cldiff import sweep
+
+    def write(name, strategies):
+        sw = tmp_path / f"{name}.yaml"
+        sw.write_text(yaml.safe_dump({
+            "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / "out"),
+            "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 2,
+                    "train.threads": 1},
+            "grid": {"seed": [42], "strategy": strategies}}))
+        return sw
+
+    gd = {"name": "generative_distillation"}
+    first = write("first", [gd])
+    sweep.run_sweep(first, progress=False)
+    (done,), _ = sweep.plan(first)
+    later = write("later", [{"name": "naive"}, gd])
+    runs, _ = sweep.plan(later)
+    assert sweep._task0_sources(runs, True)[42].out == done.out  # not the first run in the file
+    assert sweep._task0_sources(runs, False) == {}
+    sweep.run_sweep(later, progress=False)
+    naive = runs[0].out
+    shared = [json.loads(x) for x in (naive / "metrics.jsonl").read_text().splitlines() if '"shared"' in x]
+    assert [s["from"] for s in shared] == [str(done.out)]

@@ -130,7 +130,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
         failed = _run_parallel(runs, share, jobs)
         return _finish(runs, out, failed, make_report)
     failed = []
-    task0_source: dict[int, Path] = {}
+    task0_source = {seed: r.out for seed, r in _task0_sources(runs, share).items() if _has_task0(r.out)}
     for i, r in enumerate(runs):
         status = _status(r)
         print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
@@ -166,6 +166,23 @@ def _finish(runs, out: Path, failed: list, make_report) -> Path:
     return out
 
 
+def _task0_sources(runs: list[PlannedRun], share: bool) -> dict:
+    """Per seed, the run whose task 0 the seed's other new runs start from: a run that has its task 0 already
+    (finished, or made by another sweep file that shares the folder), else the seed's first sharing run in the
+    sweep's order, which trains it. {} without sharing."""
+    from .strategies import REGISTRY
+    if not share:
+        return {}
+    sharing = [r for r in runs if REGISTRY[r.cfg.strategy["name"]].shares_first_task]
+    out = {}
+    for r in sharing:
+        if r.cfg.seed not in out and _has_task0(r.out):
+            out[r.cfg.seed] = r
+    for r in sharing:
+        out.setdefault(r.cfg.seed, r)
+    return out
+
+
 def _has_task0(run_dir: Path) -> bool:
     from .checkpoint import list_checkpoints
     return any(m.get("task") == 0 and m.get("complete", True) for m in list_checkpoints(run_dir))
@@ -193,8 +210,9 @@ def _child(cfg_dict: dict, out: str, log: str) -> None:
 
 def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float = 2.0) -> list[str]:
     """Up to ``jobs`` runs at once, each a process with its share of the cores (train.threads, unless the sweep
-    sets it). With task-0 sharing, the first run of each seed trains task 0 and the seed's other new runs start
-    from its task-0 checkpoint as soon as that exists (if that run fails, they train their own task 0).
+    sets it). With task-0 sharing, a run of each seed that has its task 0 already, else the seed's first run,
+    is the source: the seed's other new runs start from its task-0 checkpoint as soon as that exists (if that run
+    fails, they train their own task 0).
     Each run's output goes to ``<run folder>.log``. Ctrl-C: every running run writes a checkpoint and stops."""
     import multiprocessing as mp
     import os
@@ -205,11 +223,9 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
     from .train import Interrupted
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    todo, source = [], {}
+    todo, source = [], _task0_sources(runs, share)
     for i, r in enumerate(runs):
         shares = share and REGISTRY[r.cfg.strategy["name"]].shares_first_task
-        if shares and r.cfg.seed not in source:
-            source[r.cfg.seed] = r
         status = _status(r)
         print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
         if status == "done":
