@@ -256,3 +256,64 @@ def test_config_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
         prepare_run_dir(cfg, str(out), resume=True)
     assert (out / "config.yaml").read_text() == before
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "samples"]  # no temporary file left
+
+
+def _hold_lock(run):
+    """Another process that holds ``run``'s lock (as a training run there does) until it is killed."""
+    code = ("import sys, time; from cldiff.runfolder import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_run_folder_in_use_refuses_a_second_process_and_frees_itself_when_the_holder_dies(
+        fake_fmnist, tmp_path, capsys):
+    # Two processes training in one folder (two sweeps planning the same run; a resume beside a running run) would
+    # both write its checkpoints and metrics. The second is refused before writing anything, with the holder's pid
+    # and what to do; a SIGKILLed holder leaves no stale lock.
+    from cldiff.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--config", str(SMOKE), "--out", str(run), "--no-progress", "--resume", "--tasks", "1"]
+    for s in smoke_overrides(fake_fmnist) + SETS + ["eval.enabled=false"]:
+        args += ["--set", s]
+    holder = _hold_lock(run)
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "is in use" in err and f"pid {holder.pid}" in err and "Traceback" not in err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # no config, metrics or checkpoint written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # the kernel dropped the dead holder's lock
+    assert any(m["task"] == 0 for m in list_checkpoints(run))
+    from cldiff.runfolder import RunLock
+    lock = RunLock(run)
+    lock.acquire()  # the finished run released its own lock
+    lock.release()
+
+
+def test_a_sweep_skips_a_run_in_use_reports_it_and_runs_the_others(fake_fmnist, tmp_path, capsys):
+    import yaml
+
+    from cldiff import sweep
+
+    sw = tmp_path / "s.yaml"
+    sw.write_text(yaml.safe_dump({
+        "base": str(SMOKE), "out": str(tmp_path / "out"), "share_first_task": False,
+        "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 2,
+                "train.threads": 1, "data.num_tasks": 1, "eval.enabled": False},
+        "grid": {"seed": [42], "strategy": [{"name": "naive"}, {"name": "joint"}]}}))
+    (busy, free), _ = sweep.plan(sw)
+    holder = _hold_lock(busy.out)
+    try:
+        with pytest.raises(RuntimeError, match="1 run\\(s\\) failed: .*naive"):
+            sweep.run_sweep(sw, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert "is in use" in err and "Traceback" not in err
+    assert sweep.is_finished(free.out, 1) and not (busy.out / "checkpoints").exists()

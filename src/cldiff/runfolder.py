@@ -5,12 +5,15 @@
     RUN/eval.csv           the eval lines as a table (write_eval_csv)
     RUN/checkpoints/       verified, atomic checkpoints (cldiff.checkpoint)
     RUN/samples/           the per-task sample grids
+    RUN/.lock              held by the process that trains in the folder (RunLock)
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -23,6 +26,66 @@ from .model import EpsModel, NoiseSchedule, model_classes
 
 class RunError(RuntimeError):
     """A run that cannot start or go on for a reason the user can fix."""
+
+
+class RunInUse(RunError):
+    """The run folder is being trained in by another process."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder for as long as one process trains in it (RUN/.lock, flock).
+
+    Two processes training in one folder (two sweeps that plan the same run, or a resume beside a running
+    run) would both write its checkpoints and metrics. The second one is refused before it writes anything.
+    The kernel drops the lock when its process ends, however it ends (SIGKILL too), so it never goes stale.
+    The lock file keeps the holder's pid for the message. Without fcntl (not POSIX) there is no lock."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUse(f"{self.path.parent} is in use: another cldiff process (pid {holder}) is training in it. "
+                           f"Wait for it to end, or stop it (Ctrl-C there, or kill -INT {holder}: it writes a "
+                           "checkpoint) and run your command again") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            import fcntl
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, hold: bool = True):
+    """Hold the run folder's lock inside the block (``hold=False``: no lock, e.g. ranks other than 0)."""
+    lock = RunLock(run_dir)
+    if hold:
+        lock.acquire()
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def run_dir_for(cfg: Config, out: str | None) -> Path:
+    """The run's folder: ``out``, else out_dir/run name."""
+    return Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
 
 
 class MetricsLog:
@@ -113,7 +176,7 @@ def resume_differences(prev: dict, mine: dict) -> list[str]:
 
 
 def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
-    run_dir = Path(out) if out else Path(cfg.out_dir) / cfg.run_name()
+    run_dir = run_dir_for(cfg, out)
     has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
     if has_ck and not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "

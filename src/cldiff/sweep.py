@@ -119,6 +119,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
     """Run the sweep's runs (``jobs`` > 1: that many at once, each in its own process), then write its report."""
     from .report import make_report
     from .strategies import REGISTRY
+    from .runfolder import RunError
     from .train import Interrupted, train
 
     runs, spec = plan(path)
@@ -146,7 +147,8 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
                 raise Interrupted(_STOPPED) from None
             except Exception as e:  # one broken run does not stop the sweep; it is reported at the end
                 print(f"run {r.out} failed: {e}", file=sys.stderr)
-                traceback.print_exc()
+                if not isinstance(e, RunError):  # a user-fixable cause (e.g. the folder in use) needs no traceback
+                    traceback.print_exc()
                 failed.append(str(r.out))
                 continue
         if REGISTRY[r.cfg.strategy["name"]].shares_first_task and r.cfg.seed not in task0_source:
@@ -200,12 +202,16 @@ def _child(cfg_dict: dict, out: str, log: str) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     from .config import config_from_dict
+    from .runfolder import RunError
     from .train import Interrupted, train
     try:
         train(config_from_dict(cfg_dict), out=out, resume=True, progress=False)
     except Interrupted as e:
         print(f"cldiff: {e}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT)
+    except RunError as e:  # a cause the user can fix (e.g. the folder in use): the message, not a traceback
+        print(f"cldiff: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float = 2.0) -> list[str]:

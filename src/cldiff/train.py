@@ -31,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
-from .runfolder import MetricsLog, NullLog, RunError, normalised_config, prepare_run_dir, write_eval_csv
+from .runfolder import (MetricsLog, NullLog, RunError, RunInUse, RunLock, normalised_config, prepare_run_dir,
+                        run_dir_for, write_eval_csv)
 from .config import EXECUTION_ONLY, Config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
@@ -141,10 +142,20 @@ def train(cfg: Config, out: str | None = None, resume: bool = False, progress: b
         raise RunError(f"stop after {stop_after} tasks: give a number of tasks of at least 1 (--tasks N)")
     device = resolve_device(cfg.train.device)
     env, device = dist_setup(device)
+    lock = RunLock(run_dir_for(cfg, out))  # one process trains in a run folder at a time (rank 0 holds it)
     try:
+        refused = None
+        if env.main:
+            try:
+                lock.acquire()
+            except RunInUse as e:
+                refused = e
+        if env.any(refused is not None):  # every rank stops, before anything is written
+            raise refused or RunInUse(f"{lock.path.parent} is in use by another cldiff process (see rank 0)")
         with _InterruptFlag() as flag:
             return _train(cfg, out, resume, progress, evaluator, flag, env, device, stop_after)
     finally:
+        lock.release()
         dist_teardown(env)
 
 
