@@ -236,12 +236,12 @@ def test_sweep_starts_new_runs_from_a_task_0_that_exists_whatever_the_order(fake
 
     from cldiff import sweep
 
-    def write(name, strategies):
+    def write(name, strategies, **extra):
         sw = tmp_path / f"{name}.yaml"
         sw.write_text(yaml.safe_dump({
             "base": str(CONFIGS / "split_fmnist" / "smoke.yaml"), "out": str(tmp_path / "out"),
             "set": {"data.root": str(fake_fmnist), "data.verify": False, "train.steps_per_task": 2,
-                    "train.threads": 1},
+                    "train.threads": 1, **extra},
             "grid": {"seed": [42], "strategy": strategies}}))
         return sw
 
@@ -253,6 +253,18 @@ def test_sweep_starts_new_runs_from_a_task_0_that_exists_whatever_the_order(fake
     runs, _ = sweep.plan(later)
     assert sweep._task0_sources(runs, True)[42].out == done.out  # not the first run in the file
     assert sweep._task0_sources(runs, False) == {}
+    # a file that does not plan the finished run at all still finds it in the folder, if its task 0 is identical
+    # (later tasks' budgets may differ); one whose task 0 would differ (another model) trains its own
+    alone, _ = sweep.plan(write("alone", [{"name": "naive", "set": {"train.steps_per_task": 3}}],
+                                **{"train.first_task_steps": 2}))
+    assert alone[0].out != runs[0].out and not alone[0].out.exists()
+    assert sweep._task0_sources(alone, True, tmp_path / "out")[42].out == done.out
+    assert sweep._task0_sources(alone, True)[42] is alone[0]  # without the folder: as before
+    sweep.run_sweep(tmp_path / "alone.yaml", progress=False)
+    shared = [json.loads(x) for x in (alone[0].out / "metrics.jsonl").read_text().splitlines() if '"shared"' in x]
+    assert [s["from"] for s in shared] == [str(done.out)]
+    other, _ = sweep.plan(write("other", [{"name": "naive"}], **{"train.lr": 5e-4}))
+    assert sweep._task0_sources(other, True, tmp_path / "out")[42] is other[0]
     sweep.run_sweep(later, progress=False)
     naive = runs[0].out
     shared = [json.loads(x) for x in (naive / "metrics.jsonl").read_text().splitlines() if '"shared"' in x]

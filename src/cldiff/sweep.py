@@ -4,7 +4,8 @@ Sweep file (YAML)::
 
     base: ../split_fmnist/cpu/_base.yaml   # relative to the sweep file
     out: runs/sweeps/split_fmnist_cpu       # parent of the run folders and of report/
-    share_first_task: true                   # reuse task 0 between runs of the same seed
+    share_first_task: true                   # reuse task 0 between runs of the same seed (also a run folder
+                                             # of another sweep file in out/ whose task 0 is identical)
     set: {classifier.enabled: true}          # optional overrides for every run
     grid:
       seed: [42, 69, 1714]
@@ -128,10 +129,10 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
     if jobs < 1:
         raise ConfigError([f"--jobs must be at least 1, got {jobs}"])
     if jobs > 1 and not dry_run:
-        failed = _run_parallel(runs, share, jobs)
+        failed = _run_parallel(runs, share, jobs, out)
         return _finish(runs, out, failed, make_report)
     failed = []
-    task0_source = {seed: r.out for seed, r in _task0_sources(runs, share).items() if _has_task0(r.out)}
+    task0_source = {seed: r.out for seed, r in _task0_sources(runs, share, out).items() if _has_task0(r.out)}
     for i, r in enumerate(runs):
         status = _status(r)
         print(f"[{i + 1}/{len(runs)}] {r.out.name}: {status}", file=sys.stderr)
@@ -168,21 +169,42 @@ def _finish(runs, out: Path, failed: list, make_report) -> Path:
     return out
 
 
-def _task0_sources(runs: list[PlannedRun], share: bool) -> dict:
-    """Per seed, the run whose task 0 the seed's other new runs start from: a run that has its task 0 already
-    (finished, or made by another sweep file that shares the folder), else the seed's first sharing run in the
-    sweep's order, which trains it. {} without sharing."""
+def _task0_sources(runs: list[PlannedRun], share: bool, out: Path | None = None) -> dict:
+    """Per seed, the run whose task 0 the seed's other new runs start from: a run of the sweep that has its task 0
+    already (finished, or made by another sweep file that shares the folder), else another run folder in ``out``
+    with a task 0 identical to this sweep's (train.task0_mismatch: same seed, data, model, task-0 training and
+    evaluation), else the seed's first sharing run in the sweep's order, which trains it. {} without sharing."""
     from .strategies import REGISTRY
     if not share:
         return {}
     sharing = [r for r in runs if REGISTRY[r.cfg.strategy["name"]].shares_first_task]
-    out = {}
+    found = {}
     for r in sharing:
-        if r.cfg.seed not in out and _has_task0(r.out):
-            out[r.cfg.seed] = r
+        if r.cfg.seed not in found and _has_task0(r.out):
+            found[r.cfg.seed] = r
     for r in sharing:
-        out.setdefault(r.cfg.seed, r)
-    return out
+        if r.cfg.seed not in found and out is not None:
+            other = _foreign_task0(r, out, {p.out for p in runs})
+            if other is not None:
+                found[r.cfg.seed] = other
+    for r in sharing:
+        found.setdefault(r.cfg.seed, r)
+    return found
+
+
+def _foreign_task0(r: PlannedRun, out: Path, planned: set) -> PlannedRun | None:
+    """A run folder in ``out`` that this sweep does not plan (a run of another sweep file, or of the same file
+    before its grid changed) whose task-0 checkpoint ``r`` can start from; None if there is none."""
+    from .checkpoint import list_checkpoints
+    from .runfolder import normalised_config
+    from .train import task0_mismatch
+
+    mine = r.cfg.to_dict()
+    for d in sorted(p for p in out.glob("*") if p.is_dir() and p not in planned) if out.is_dir() else []:
+        metas = [m for m in list_checkpoints(d) if m.get("task") == 0 and m.get("complete", True)]
+        if metas and "config" in metas[-1] and task0_mismatch(normalised_config(metas[-1]["config"]), mine, d) is None:
+            return PlannedRun(None, d)
+    return None
 
 
 def _has_task0(run_dir: Path) -> bool:
@@ -214,7 +236,8 @@ def _child(cfg_dict: dict, out: str, log: str) -> None:
         sys.exit(2)
 
 
-def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float = 2.0) -> list[str]:
+def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | None = None,
+                  poll_s: float = 2.0) -> list[str]:
     """Up to ``jobs`` runs at once, each a process with its share of the cores (train.threads, unless the sweep
     sets it). With task-0 sharing, a run of each seed that has its task 0 already, else the seed's first run,
     is the source: the seed's other new runs start from its task-0 checkpoint as soon as that exists (if that run
@@ -229,7 +252,7 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, poll_s: float 
     from .train import Interrupted
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    todo, source = [], _task0_sources(runs, share)
+    todo, source = [], _task0_sources(runs, share, out)
     for i, r in enumerate(runs):
         shares = share and REGISTRY[r.cfg.strategy["name"]].shares_first_task
         status = _status(r)

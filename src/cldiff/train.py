@@ -329,7 +329,7 @@ class Run:
     def share_first_task(self) -> None:
         """Start from another run's task 0 (train.init_from), checked to be the same computation."""
         cfg, env, src = self.cfg, self.env, Path(self.cfg.train.init_from)
-        state, meta = _shared_first_task(cfg, src, self.strategy, self.device)
+        state, meta = _shared_first_task(cfg, src, self.device)
         self._load_state(state)
         _restore_rng(state["rng"], self.gen, self.data_gen, env, cfg.seed, 0)
         if self.clf is not None:
@@ -683,30 +683,40 @@ def _task0_budget(t: dict) -> tuple:
     return ("epochs", t.get("epochs_per_task"))
 
 
-def _shared_first_task(cfg: Config, src: Path, strategy, device) -> tuple[dict, dict]:
-    """The verified task-0 checkpoint of another run whose task 0 is identical to this run's."""
-    from .checkpoint import load_checkpoint_file
+def task0_mismatch(theirs: dict, mine: dict, src) -> str | None:
+    """Why a run whose task-0 checkpoint was made with the (normalised) config ``theirs`` cannot give its task 0 to
+    a run with ``mine`` (the message after 'train.init_from: '), or None when task 0 is the same computation."""
     from .strategies import REGISTRY
 
-    metas = [m for m in list_checkpoints(src) if m.get("task") == 0]
-    if not metas:
-        raise RunError(f"train.init_from: {src} has no task-0 checkpoint (keep_checkpoints may have pruned it)")
-    state, meta = load_checkpoint_file(Path(metas[-1]["path"]), metas[-1], map_location=device)
-    theirs, mine = normalised_config(meta["config"]), cfg.to_dict()
-    src_strategy = REGISTRY.get(theirs["strategy"]["name"])
-    if not (strategy.shares_first_task and src_strategy is not None and src_strategy.shares_first_task):
-        raise RunError(f"train.init_from: task 0 of '{theirs['strategy']['name']}' and '{cfg.strategy['name']}' "
-                       "are not the same computation; train this run from scratch")
+    src_strategy, my_strategy = REGISTRY.get(theirs["strategy"]["name"]), REGISTRY.get(mine["strategy"]["name"])
+    if not (my_strategy is not None and my_strategy.shares_first_task and src_strategy is not None
+            and src_strategy.shares_first_task):
+        return (f"task 0 of '{theirs['strategy']['name']}' and '{mine['strategy']['name']}' are not the same "
+                "computation; train this run from scratch")
     for key in ("seed", "data", "model", "classifier"):
         if theirs.get(key) != mine.get(key):
-            raise RunError(f"train.init_from: {src} differs in '{key}'; task 0 would not be identical")
+            return f"{src} differs in '{key}'; task 0 would not be identical"
     skip = EXECUTION_ONLY | {"steps_per_task", "epochs_per_task", "first_task_steps"}
     diff = [k for k in mine["train"] if k not in skip and theirs["train"].get(k) != mine["train"][k]]
     if _task0_budget(theirs["train"]) != _task0_budget(mine["train"]):  # later tasks' budgets may differ
         diff.append("first_task_steps/steps_per_task/epochs_per_task (task 0's budget)")
     if diff:
-        raise RunError(f"train.init_from: {src} differs in train.{', train.'.join(diff)}; task 0 would not be identical")
+        return f"{src} differs in train.{', train.'.join(diff)}; task 0 would not be identical"
     same_metric = lambda e: {k: v for k, v in (e or {}).items() if k != "batch_size"}  # batch: same noise stream
     if same_metric(theirs.get("eval")) != same_metric(mine.get("eval")):
-        raise RunError(f"train.init_from: {src} differs in 'eval'; its task-0 metrics would not be comparable")
+        return f"{src} differs in 'eval'; its task-0 metrics would not be comparable"
+    return None
+
+
+def _shared_first_task(cfg: Config, src: Path, device) -> tuple[dict, dict]:
+    """The verified task-0 checkpoint of another run whose task 0 is identical to this run's."""
+    from .checkpoint import load_checkpoint_file
+
+    metas = [m for m in list_checkpoints(src) if m.get("task") == 0]
+    if not metas:
+        raise RunError(f"train.init_from: {src} has no task-0 checkpoint (keep_checkpoints may have pruned it)")
+    state, meta = load_checkpoint_file(Path(metas[-1]["path"]), metas[-1], map_location=device)
+    why = task0_mismatch(normalised_config(meta["config"]), cfg.to_dict(), src)
+    if why:
+        raise RunError(f"train.init_from: {why}")
     return state, meta
