@@ -1,4 +1,5 @@
 """The benchmark's accounting (not its timings): GD costs GR plus exactly one teacher forward per replay sample."""
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,3 +119,28 @@ def test_ablation_levers_time_the_same_step():
         assert (a["loss_real"], a["loss_replay"]) == (b["loss_real"], b["loss_replay"])
         assert abs(a["loss_real"] - c["loss_real"]) < 0.05 * a["loss_real"]
         assert abs(a["loss_replay"] - c["loss_replay"]) < 0.2 * a["loss_replay"] + 1e-4
+
+
+def test_replay_ratio_halves_the_replay_work_of_the_replaying_strategies_only(monkeypatch):
+    from cldiff import bench
+    b = 4
+    # --replay-ratio reaches the replaying strategies, and not LwF-like, which refuses it (it has no replay batch);
+    # in-process here, without the peak timing
+    monkeypatch.setattr(bench, "_in_child", lambda fn, *a: {"flops_per_s": 1e12} if fn is bench._matmul_peak
+                        else fn(*a))
+    res = bench.run_bench("tiny", b, ("generative_distillation", "lwf_distillation"), 1, 0, 2, "fp32",
+                          False, gen_batch=2, gen_steps=1, replay_ratio=0.5)
+    half = next(r for r in res["strategies"] if r["strategy"] == "generative_distillation")
+    assert res["replay_ratio"] == 0.5 and "replay ratio 0.5" in format_table(res)
+    gd = _strategy_child("tiny", b, {"name": "generative_distillation", "teacher_steps": 2}, 1, 0, "fp32", None, False)
+    assert half["student_img_per_s"] / half["img_per_s"] == pytest.approx(1.5)  # B real + B/2 replay
+    assert gd["student_img_per_s"] / gd["img_per_s"] == pytest.approx(2.0)
+    m = EpsModel("tiny").eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        m(torch.randn(1, 1, 32, 32), torch.zeros(1, dtype=torch.long))
+    fwd1 = fc.get_total_flops()  # one image's forward
+    train2 = _strategy_child("tiny", 4, {"name": "naive"}, 1, 0, "fp32", None, False)["flops_per_iter"] - \
+        _strategy_child("tiny", 2, {"name": "naive"}, 1, 0, "fp32", None, False)["flops_per_iter"]
+    # 2 replay images fewer: 3 teacher forwards each (2 DDIM steps + the target) and the student's forward and
+    # backward on 2 images (what 2 more real images cost naive)
+    assert gd["flops_per_iter"] - half["flops_per_iter"] == 2 * 3 * fwd1 + train2

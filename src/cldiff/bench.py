@@ -287,9 +287,11 @@ def _in_child(fn, *args):
 def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "generative_replay", "generative_distillation"),
               iters: int = 5, warmup: int = 2, teacher_steps: int = 2, precision: str = "auto", reference: bool = True,
               gen_batch: int = 256, gen_steps: int = 10, threads: int | None = None, fused: bool = False,
-              peak_n: int = 2048, image_size: int = 32) -> dict:
+              peak_n: int = 2048, image_size: int = 32, replay_ratio: float = 1.0) -> dict:
+    """``replay_ratio``: replay samples per real image (strategy.replay_ratio) for the strategies that replay."""
     import torch
     out = {"preset": preset, "batch": batch, "image_size": image_size, "precision": precision,
+           "replay_ratio": replay_ratio,
            "threads": threads or torch.get_num_threads(),
            "torch": torch.__version__, "fused_adam": fused, "iters": iters, "cpu": cpu_features()}
     out["peak"] = {d: _in_child(_matmul_peak, d, peak_n, 3.0, threads)["flops_per_s"] for d in ("bfloat16", "float32")}
@@ -299,8 +301,11 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
     rows = []
     for name in strategies:
         spec = {"name": name}
-        if "teacher_steps" in {f.name for f in dataclasses.fields(REGISTRY[name])}:  # strategies that generate
+        fields = {f.name for f in dataclasses.fields(REGISTRY[name])}
+        if "teacher_steps" in fields:  # strategies that generate
             spec["teacher_steps"] = teacher_steps
+        if replay_ratio != 1.0 and "replay_ratio" in fields and not REGISTRY[name](replay_ratio=replay_ratio).check():
+            spec["replay_ratio"] = replay_ratio  # (not where the strategy refuses it: LwF-like has no replay batch)
         r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused, None, image_size)
         r["frac_bf16_peak"] = r["flops_per_s"] / out["peak"]["bfloat16"]
         r["frac_fp32_peak"] = r["flops_per_s"] / out["peak"]["float32"]
@@ -321,7 +326,9 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
 
 
 def format_table(res: dict) -> str:
+    ratio = res.get("replay_ratio", 1.0)
     lines = [f"preset {res['preset']}, batch {res['batch']}, {res.get('image_size', 32)}x{res.get('image_size', 32)} images, "
+             + (f"replay ratio {ratio:g}, " if ratio != 1.0 else "") +
              f"precision {res['precision']}, threads {res['threads']}, "
              f"torch {res['torch']}",
              _cpu_line(res.get("cpu")),
@@ -368,9 +375,12 @@ def main_bench(args) -> int:
         raise ValueError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(REGISTRY))} or all")
     if args.image_size not in (28, 32):
         raise ValueError(f"--image-size must be 28 or 32 (data.image_size), got {args.image_size}")
+    if not args.replay_ratio > 0:
+        raise ValueError(f"--replay-ratio must be > 0 (replay samples per real image; 1: as many), got "
+                         f"{args.replay_ratio}")
     res = run_bench(args.preset, args.batch, names, args.iters, args.warmup,
                     args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused,
-                    image_size=args.image_size)
+                    image_size=args.image_size, replay_ratio=args.replay_ratio)
     if args.ablation:
         skip = () if args.compile else COMPILE_ROWS
         res["ablation"] = run_ablation(args.preset, args.batch, args.iters, args.warmup, args.teacher_steps,

@@ -122,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--iters", type=int, default=5, help="timed iterations per strategy (default 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     b.add_argument("--teacher-steps", type=int, default=2, help="DDIM steps of replay generation (default 2)")
+    b.add_argument("--replay-ratio", type=float, default=1.0,
+                   help="replay samples per real image for the strategies that replay (strategy.replay_ratio; "
+                        "default 1, the paper)")
     b.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     b.add_argument("--ablation", action="store_true",
                    help="also time the GD iteration under each speed option, one at a time")
