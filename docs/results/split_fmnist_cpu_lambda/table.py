@@ -1,8 +1,9 @@
 """The lambda table and the selection rule (README: the best mean of the FID rank and the KLD rank after the 5th
 task; ties: the lower FID), from the sweep's run folders:
     python docs/results/split_fmnist_cpu_lambda/table.py [SWEEP_FOLDER]
-Each row: fid_fmnist / KLD after every task, the time of the run's own training and evaluation (one thread,
-beside the other stream: not the speed of a run alone)."""
+(the 32x32 sweep's folder by default; runs/sweeps/split_fmnist_cpu for the 28x28 one, whose GD runs share the
+`cpu` table's folder). Each row: fid_fmnist / KLD after every task, the time of the run's own training and
+evaluation (task 0 counted where it was trained; one thread beside other runs: not the speed of a run alone)."""
 import json
 import sys
 from pathlib import Path
@@ -14,13 +15,14 @@ def read(folder: Path):
     recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     cfg = next((r["config"] for r in recs if r.get("event") == "start" and "config" in r), None)
     ev = {r["task"]: r for r in recs if r.get("event") == "eval"}
-    wall = sum(r.get("train_s", 0) for r in recs if r.get("event") == "task_end") + \
-        sum(r.get("eval_s", 0) for r in recs if r.get("event") == "eval")  # task 0 counted where it was trained
+    shared = any(r.get("event") == "shared" for r in recs)  # task 0 copied from another run: its time is not ours
+    wall = sum(r.get("train_s", 0) for r in recs if r.get("event") == "task_end" and not (shared and r["task"] == 0)) \
+        + sum(r.get("eval_s", 0) for r in recs if r.get("event") == "eval" and not (shared and r["task"] == 0))
     return cfg, ev, wall
 
 
 rows = []
-for folder in sorted(root.glob("*_lam*_seed*")):
+for folder in sorted(p for p in root.glob("*generative_distillation_lam*_seed*") if p.is_dir()):
     lam = float(folder.name.split("_lam")[1].split("_")[0])
     seed = int(folder.name.rsplit("seed", 1)[1])
     _, ev, wall = read(folder)

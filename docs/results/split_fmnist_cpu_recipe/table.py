@@ -19,7 +19,9 @@ def records(path: Path):
 print("| run | seed | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
       + " | teacher image-forwards | minutes | classifier average accuracy |")
 print("|---|---|" + "---|" * N_TASKS + "---|---|---|")
-for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()):
+LAMBDA_SWEEP = "generative_distillation_lam"  # GD with lambda != 1: the lambda sweep's (../split_fmnist_cpu_lambda/)
+for folder in sorted(p for p in root.glob("fashion_mnist_*_seed*") if p.is_dir()
+                     and not (LAMBDA_SWEEP in p.name and f"{LAMBDA_SWEEP}1.0_" not in p.name)):
     recs = records(folder / "metrics.jsonl")
     ev = {r["task"]: r for r in recs if r.get("event") == "eval"}
     ends = [r for r in recs if r.get("event") == "task_end"]
