@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -69,18 +68,6 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path, hold: bool = True):
-    """Hold the run folder's lock inside the block (``hold=False``: no lock, e.g. ranks other than 0)."""
-    lock = RunLock(run_dir)
-    if hold:
-        lock.acquire()
-    try:
-        yield lock
-    finally:
-        lock.release()
 
 
 def run_dir_for(cfg: Config, out: str | None) -> Path:

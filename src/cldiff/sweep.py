@@ -182,11 +182,14 @@ def _task0_sources(runs: list[PlannedRun], share: bool, out: Path | None = None)
     for r in sharing:
         if r.cfg.seed not in found and _has_task0(r.out):
             found[r.cfg.seed] = r
-    for r in sharing:
-        if r.cfg.seed not in found and out is not None:
-            other = _foreign_task0(r, out, {p.out for p in runs})
-            if other is not None:
-                found[r.cfg.seed] = other
+    if out is not None:
+        planned, tried = {p.out for p in runs}, set()
+        for r in sharing:  # once per seed that has no task 0 yet: the folder's other runs
+            if r.cfg.seed not in found and r.cfg.seed not in tried:
+                tried.add(r.cfg.seed)
+                other = _foreign_task0(r, out, planned)
+                if other is not None:
+                    found[r.cfg.seed] = other
     for r in sharing:
         found.setdefault(r.cfg.seed, r)
     return found
