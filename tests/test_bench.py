@@ -144,3 +144,79 @@ def test_replay_ratio_halves_the_replay_work_of_the_replaying_strategies_only(mo
     # 2 replay images fewer: 3 teacher forwards each (2 DDIM steps + the target) and the student's forward and
     # backward on 2 images (what 2 more real images cost naive)
     assert gd["flops_per_iter"] - half["flops_per_iter"] == 2 * 3 * fwd1 + train2
+
+
+def test_device_choice_is_checked_before_any_work(monkeypatch):
+    from cldiff.bench import check_device
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        check_device("gpu")
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        check_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="use --device cpu"):
+        check_device("cuda:0")
+    assert check_device("auto") == "cpu" and check_device("cpu") == "cpu"
+
+
+def test_ablation_rows_follow_the_device_and_compile_choice():
+    from cldiff.bench import COMPILE_ROWS, ablation_rows
+    cpu = [r[0] for r in ablation_rows("cpu", False)]
+    gpu = [r[0] for r in ablation_rows("cuda:1", True)]
+    assert cpu[0] == gpu[0] == "defaults"
+    assert not set(cpu) & set(COMPILE_ROWS) and "cudnn.benchmark" not in cpu
+    assert "bf16 weights, fp32 master Adam" in cpu and "bf16 weights, fp32 master Adam" not in gpu
+    assert "CUDA graphs (compile reduce-overhead, both)" in gpu and "cudnn.benchmark" in gpu
+    assert "CUDA graphs (compile reduce-overhead, both)" not in [r[0] for r in ablation_rows("cpu", True)]
+
+
+def test_a_failing_ablation_row_is_reported_and_the_others_still_run(monkeypatch):
+    """A compiler crash in one row (a real risk with torch.compile) must not lose the rows before or after it;
+    every row reaches the caller as it ends, for a run that may be cut short."""
+    from cldiff import bench
+    rows = [r for r in bench.ABLATION if r[0] in ("defaults", "fused Adam", "channels_last")]
+
+    def fake(fn, *args):
+        opts = args[8]
+        if opts.get("fused"):
+            raise RuntimeError("inductor exploded\nlong traceback")
+        dt = 0.5 if opts.get("channels_last") else 1.0
+        return {"s_per_iter": dt, "img_per_s": 4 / dt, "flops_per_s": 1e11 / dt, "peak_rss_mib": 100}
+
+    monkeypatch.setattr(bench, "_in_child", fake)
+    seen = []
+    out = bench.run_ablation("tiny", 4, 1, 0, 2, None, rows, on_row=lambda rs: seen.append(len(rs)))
+    assert seen == [1, 2, 3]
+    assert out[1] == {"error": "RuntimeError: inductor exploded", "variant": "fused Adam"}
+    assert out[2]["speedup_vs_defaults"] == 2.0 and out[0]["speedup_vs_defaults"] == 1.0
+    t = bench.format_ablation(out, 1e12)
+    assert "failed: RuntimeError: inductor exploded" in t and "2.00x" in t and "20.0%" in t  # 2e11 of 1e12
+
+
+def test_protocol_estimate_counts_the_papers_iterations():
+    from cldiff.bench import protocol_estimate
+    pe = protocol_estimate(128, naive_s=0.1, gd_s=0.3, gen_img_per_s=1000.0, gen_steps=10)
+    assert pe["iters_per_task"] == 94 * 100  # ceil(12,000 / 128) iterations per epoch, 100 epochs
+    assert pe["train_hours"] == pytest.approx(9400 * (0.1 + 4 * 0.3) / 3600)
+    assert pe["eval_hours"] == pytest.approx(5 * 10000 / 1000 / 3600)
+    assert protocol_estimate(128, 0.1, 0.3, 1000.0, gen_steps=5)["eval_hours"] is None  # not the protocol's steps
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphed_gd_step_computes_what_the_eager_step_computes():
+    """The CUDA-graph lever replays captured kernels: the same GD step's losses as the eager step, up to the
+    rounding of a differently scheduled bf16 computation, and the teacher's replay targets unchanged."""
+    from cldiff.bench import _setup, cuda_graphed
+    from cldiff.train import train_step
+
+    def losses(graphs):
+        model, schedule, st, autocast, opt, x0 = _setup("tiny", 8, {"name": "generative_distillation",
+                                                                   "teacher_steps": 2}, "auto", None, False, None,
+                                                        32, "cuda")
+        if graphs:
+            model, autocast = cuda_graphed(model, st, x0, autocast)
+        gen = torch.Generator("cuda").manual_seed(0)
+        return [train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0) for _ in range(3)]
+
+    for a, b in zip(losses(False), losses(True)):
+        assert b["loss_real"] == pytest.approx(a["loss_real"], rel=0.05)
+        assert b["loss_replay"] == pytest.approx(a["loss_replay"], rel=0.2, abs=1e-4)

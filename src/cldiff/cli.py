@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     b.add_argument("--fused", action="store_true", help="fused Adam")
     b.add_argument("--no-reference", action="store_true", help="skip the plain fp32 reference")
-    b.add_argument("--out", help="also write the results as JSON here")
+    b.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N, or auto (a GPU where there is one)")
+    b.add_argument("--out", help="also write the results as JSON here (rewritten as each --ablation row ends)")
 
     ev = sub.add_parser("evaluator", help="the evaluator network behind FID / KLD", description="Manage the "
                         "evaluator network (a classifier trained on the data set; its features give our FID).")

@@ -1,0 +1,63 @@
+"""Speed options timed in alternation, in one process: every variant's model is built first, then each round
+times a few iterations of every variant, in an order that turns round by round. On a machine whose speed drifts
+(a shared virtual machine), a row-by-row `cldiff bench --ablation` mixes the drift into the ratios; here every
+variant sees the same moments.
+
+    python docs/results/bench/interleaved.py --preset paper --batch 128 --rounds 2 --iters 2 \
+        --variants defaults,channels_last,teacher_fp32
+"""
+import argparse
+import time
+
+import torch
+
+from cldiff.bench import _setup
+from cldiff.train import train_step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--strategy", default="generative_distillation")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=2, help="timed iterations per variant per round")
+    ap.add_argument("--variants", default="defaults,channels_last",
+                    help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
+                         "teacher_fp32, bf16_master, teacher_inference_mode)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    spec = {"name": a.strategy}
+    if a.strategy != "naive":
+        spec["teacher_steps"] = 2
+    runs = {}
+    for v in a.variants.split(","):
+        opts = {} if v == "defaults" else {v: True}
+        model, schedule, st, ac, opt, x0 = _setup(a.preset, a.batch, spec, "auto", a.threads,
+                                                  bool(opts.get("fused")), opts, a.image_size)
+        gen = torch.Generator().manual_seed(0)
+        train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)  # warm-up
+        runs[v] = (model, schedule, st, ac, opt, x0, gen)
+    names = list(runs)
+    times = {v: [] for v in names}
+    for r in range(a.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for v in order:
+            model, schedule, st, ac, opt, x0, gen = runs[v]
+            t0 = time.perf_counter()
+            for _ in range(a.iters):
+                train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)
+            times[v].append((time.perf_counter() - t0) / a.iters)
+            print(f"round {r} {v}: {times[v][-1]:.3f} s/iter", flush=True)
+    base = times[names[0]]
+    print(f"\n{a.strategy}, preset {a.preset}, batch {a.batch}, {a.image_size}px, {a.threads} threads, "
+          f"torch {torch.__version__}")
+    for v in names:
+        ratios = " ".join(f"{b / t:.2f}" for b, t in zip(base, times[v]))
+        print(f"{v:24s} mean {sum(times[v]) / len(times[v]):8.3f} s/iter; {names[0]}/{v} per round: {ratios}")
+
+
+if __name__ == "__main__":
+    main()
