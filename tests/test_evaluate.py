@@ -229,3 +229,24 @@ def test_28px_images_are_scored_like_their_32px_resize(fake_fmnist, synthetic_ev
     a = score_samples(x28, synthetic_evaluator, "fashion_mnist", [2, 6], data=d28)
     b = score_samples(x32, synthetic_evaluator, "fashion_mnist", [2, 6], data=d32)
     assert a["fid_synthetic"] == pytest.approx(b["fid_synthetic"], rel=1e-4)
+
+
+def test_a_run_is_scored_by_the_evaluator_of_its_earlier_tasks(capsys, monkeypatch, tmp_path):
+    # two evaluators in the cache (as after training one on another machine): the one a run started with is
+    # found by its SHA even when another is newer; an absent one is named in a warning, and the newest is used
+    import os
+    import time
+    from cldiff.evaluate import find_evaluator, get_evaluator, save_evaluator, train_evaluator
+    monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path / "cache"))
+    first = save_evaluator(*train_evaluator("synthetic", epochs=1, verbose=False, max_train=300, seed=1))
+    second = save_evaluator(*train_evaluator("synthetic", epochs=1, verbose=False, max_train=300, seed=2))
+    os.utime(second, (time.time() + 5, time.time() + 5))  # newest, whatever the clock's resolution
+    sha1, sha2 = (p.name.split("-")[-1][:-3] for p in (first, second))
+    assert sha1 != sha2
+    assert find_evaluator("synthetic") == second and find_evaluator("synthetic", sha=sha1) == first
+    assert get_evaluator("synthetic", sha=sha1).sha256.startswith(sha1)
+    assert "warning" not in capsys.readouterr().err
+    e = get_evaluator("synthetic", sha="f" * 16)
+    assert e.sha256.startswith(sha2)
+    err = capsys.readouterr().err
+    assert "ffffffffffffffff" in err and "do not compare" in err and "copy the file" in err

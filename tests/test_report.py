@@ -208,3 +208,22 @@ def test_reference_points_are_scored_like_the_runs(tmp_path, synthetic_evaluator
     monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path / "empty_cache"))  # no evaluator cached there
     md = (make_report([f], tmp_path / "rep2") / "report.md").read_text()
     assert "no cached evaluator" in md
+
+
+def test_report_names_the_evaluator_and_warns_when_runs_used_several(tmp_path):
+    # runs scored on two machines carry two evaluators' SHAs: the report says so and places no reference points
+    def with_sha(folder, sha):
+        lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        for x in lines:
+            if x["event"] == "eval":
+                x["evaluator_sha256"] = sha
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+        return folder
+    a = with_sha(_fake_run(tmp_path / "gd1", 42, "generative_distillation", [10, 20], [0.1, 0.2]), "a" * 16)
+    b = with_sha(_fake_run(tmp_path / "gd2", 69, "generative_distillation", [10, 30], [0.1, 0.4]), "a" * 16)
+    md = (make_report([a, b], tmp_path / "one") / "report.md").read_text()
+    assert f"Evaluator: `{'a' * 16}`" in md and "Warning" not in md
+    with_sha(b, "b" * 16)
+    md = (make_report([a, b], tmp_path / "two") / "report.md").read_text()
+    assert "Warning: 2 evaluators scored these runs" in md and "b" * 16 in md
+    assert "scored by 2 evaluators, so no reference points" in md

@@ -255,3 +255,31 @@ def test_resume_refuses_settings_that_change_the_computation_and_keeps_the_run(f
     # how it runs (threads, checkpointing, logging) may change
     train(_cfg(fake_fmnist, "data.num_tasks=1", "train.threads=1", "train.log_every=3"), out=str(out), resume=True,
           progress=False)
+
+
+def test_a_resumed_run_keeps_its_evaluator_when_a_newer_one_is_cached(fake_fmnist, tmp_path, monkeypatch):
+    # an evaluator trained later (another machine's, copied in) must not score a run's later tasks: FIDs of two
+    # evaluators do not compare (docs/results/evaluator_portability/)
+    import os
+    import time
+    from cldiff.evaluate import save_evaluator, train_evaluator
+    monkeypatch.setenv("CLDIFF_CACHE", str(tmp_path / "cache"))
+
+    def cached(seed, ahead):
+        net, info = train_evaluator("synthetic", epochs=1, verbose=False, max_train=300, seed=seed)
+        path = save_evaluator(net, {**info, "dataset": "fashion_mnist"})
+        os.utime(path, (time.time() + ahead, time.time() + ahead))  # newest, whatever the clock's resolution
+        return path.name.split("-")[-1][:-3]
+
+    first = cached(1, 5)
+    cfg = _cfg(fake_fmnist, "eval.enabled=true", "eval.n_samples=20", "eval.steps=2")
+    run = train(cfg, out=str(tmp_path / "r"), progress=False, stop_after=1)
+    newer = cached(2, 10)
+    assert newer != first
+    train(cfg, out=str(run), resume=True, progress=False)
+    evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert [e["task"] for e in evals] == [0, 1]
+    assert [e["evaluator_sha256"] for e in evals] == [first, first]
+    fresh = train(cfg, out=str(tmp_path / "fresh"), progress=False, stop_after=1)  # a new run: the newest
+    assert [json.loads(x)["evaluator_sha256"] for x in (fresh / "metrics.jsonl").read_text().splitlines()
+            if '"eval"' in x] == [newer]

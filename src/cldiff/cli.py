@@ -314,7 +314,7 @@ def _evaluate(args) -> int:
     from .data import ContinualData
     from .evaluate import evaluate_task, get_evaluator
     from .model import autocast_for
-    from .runfolder import load_model
+    from .runfolder import load_model, run_evaluator_sha
 
     if args.steps is not None and args.steps < 1:  # before any checkpoint is loaded
         raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
@@ -331,7 +331,7 @@ def _evaluate(args) -> int:
             cfg.eval.n_samples = args.n
         if args.steps is not None:
             cfg.eval.steps = args.steps
-        ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root)
+        ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root, sha=run_evaluator_sha(run))
         data = ContinualData.from_config(cfg)
         m = evaluate_task(model, schedule, data, meta["task"], cfg.eval, ev, dev, autocast_for(dev, cfg.train.precision))
         print(json.dumps({"task": meta["task"], **m}))

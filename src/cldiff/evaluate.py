@@ -192,15 +192,34 @@ def load_evaluator(path: Path, device="cpu") -> Evaluator:
     return Evaluator(net.to(device).eval(), dataset, sha, meta)
 
 
-def find_evaluator(dataset: str = "fashion_mnist", directory: Path | None = None) -> Path | None:
+def find_evaluator(dataset: str = "fashion_mnist", directory: Path | None = None, sha: str | None = None) -> Path | None:
+    """The cached evaluator of ``dataset`` whose weights have this SHA-256 (its first 16 hex digits suffice);
+    without ``sha``, the newest one."""
     directory = Path(directory or cache_dir() / "evaluator")
     tag = TAGS.get(dataset, dataset)
-    found = sorted(directory.glob(f"{tag}-evaluator-*.pt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(directory.glob(f"{tag}-evaluator-{sha[:16] if sha else ''}*.pt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
-def get_evaluator(dataset: str = "fashion_mnist", device="cpu", root: str | None = None) -> Evaluator:
-    """The cached evaluator for ``dataset``; trained (once, with a message) when there is none."""
+# The evaluator's weights depend on the CPU that trained it: training runs under bf16 autocast, whose kernels
+# differ between CPUs with AMX and without (measured: docs/results/evaluator_portability/), so two machines
+# train different evaluators and their FIDs do not compare exactly. Every metric records the SHA-256 of the
+# evaluator that made it; a run keeps the evaluator of its first evaluation, and reports say which they used.
+def get_evaluator(dataset: str = "fashion_mnist", device="cpu", root: str | None = None,
+                  sha: str | None = None) -> Evaluator:
+    """The cached evaluator for ``dataset``; trained (once, with a message) when there is none.
+
+    ``sha``: the one that scored a run's earlier tasks. It is used when it is in the cache; otherwise a warning
+    says that the run's later FIDs come from another evaluator and how to bring the first one back."""
+    if sha:
+        path = find_evaluator(dataset, sha=sha)
+        if path is not None:
+            return load_evaluator(path, device)
+        print(f"warning: this run's earlier tasks were scored by the {dataset} evaluator {sha[:16]}, which is not "
+              f"in {cache_dir() / 'evaluator'}; its later tasks are scored by another evaluator, and FIDs from "
+              "two evaluators do not compare exactly (each metric row records its evaluator_sha256). To keep one "
+              f"evaluator, copy the file *-evaluator-{sha[:16]}.pt (and its .json) from the machine that made it "
+              "into that folder before resuming", file=sys.stderr)
     path = find_evaluator(dataset)
     if path is not None:
         try:

@@ -216,11 +216,28 @@ def summarise(runs: list[dict]) -> list[dict]:
              **{c: mean_sem([r[c] for r in row_runs])
                 for c in ("wall_s", "images_trained", "teacher_image_forwards", "student_images", "compute")},
              "classifier": _classifier_summary(rs),
+             # the evaluators (SHA-256, 16 hex digits) that scored the group's evaluations: one, unless runs were
+             # scored on different machines (evaluate.get_evaluator)
+             "evaluators": sorted({e["evaluator_sha256"] for r in rs for e in r["evals"].values()
+                                   if e.get("evaluator_sha256")}),
              "paper": _paper_numbers(rs[0], last)}
         out.append(g)
     _disambiguate(out, groups)
     order = ["naive", "joint", "generative_replay", "generative_distillation"]
     return sorted(out, key=lambda g: (order.index(g["strategy"]) if g["strategy"] in order else 99, g["label"]))
+
+
+def _evaluator_lines(groups: list[dict]) -> list[str]:
+    """Which evaluator scored the report's runs; a warning when there were several (their FIDs do not compare)."""
+    shas = sorted({s for g in groups for s in g.get("evaluators", [])})
+    if len(shas) <= 1:
+        return [f"Evaluator: `{shas[0]}` (the first 16 hex digits of its weights' SHA-256), for every evaluation.",
+                ""] if shas else []
+    who = "; ".join(f"{g['label']}: {', '.join(f'`{s}`' for s in g['evaluators'])}" for g in groups
+                    if g.get("evaluators"))
+    return [f"**Warning: {len(shas)} evaluators scored these runs** ({who}). An evaluator trained on another "
+            "machine has other weights, and FIDs from different evaluators do not compare exactly: copy one "
+            "evaluator file to every machine (`~/.cache/cldiff/evaluator/`) before the runs.", ""]
 
 
 def _incomplete_lines(groups: list[dict]) -> list[str]:
@@ -395,15 +412,20 @@ def reference_points(groups: list[dict], evaluator=None) -> tuple[list[tuple[str
     for g in groups:
         if g.get("hist_pred") is None:
             continue
+        runs_sha = g.get("evaluators") or []
+        if len(runs_sha) > 1:
+            return [], f"{g['label']} was scored by {len(runs_sha)} evaluators, so no reference points"
         try:
             cfg = config_from_dict(g["config"])
         except ConfigError as e:
             return [], f"the config of {g['label']} does not load with this version ({e.problems[0]})"
-        if evaluator is None or evaluator.dataset != cfg.data.dataset:
-            path = find_evaluator(cfg.data.dataset)
+        if (evaluator is None or evaluator.dataset != cfg.data.dataset
+                or (runs_sha and not evaluator.sha256.startswith(runs_sha[0]))):
+            path = find_evaluator(cfg.data.dataset, sha=runs_sha[0] if runs_sha else None)
             if path is None:
-                return [], (f"no cached evaluator for {cfg.data.dataset} (`cldiff evaluator train` makes it), so "
-                            "no reference points")
+                return [], (f"the evaluator that scored the runs ({runs_sha[0]}) is not cached here, so no reference "
+                            "points" if runs_sha else f"no cached evaluator for {cfg.data.dataset} "
+                            "(`cldiff evaluator train` makes it), so no reference points")
             evaluator = load_evaluator(path)
         data_key = json.dumps([cfg.seed, dataclasses.asdict(cfg.data)], sort_keys=True)  # seed: the class order
         if data_key not in loaded:  # the groups of one report mostly share their data: read it once
@@ -468,6 +490,7 @@ def make_report(run_dirs: list[Path], out: Path, reference: bool = True, evaluat
              "our numbers with each other, and the paper's only by ordering and ratio. As in the paper, the "
              "real set grows with the number of tasks (2,000 test images per task) while the generated set has a "
              "fixed size, so the FID's small-sample bias changes from task to task.", "",
+             *_evaluator_lines(groups),
              "## Results after the last task each group has reached", "",
              "Each row is the mean over the seeds that reached that task (the seeds column names them; seeds "
              "still behind are listed after \"of\").", "",

@@ -109,6 +109,12 @@ class MetricsLog:
         return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
+def run_evaluator_sha(run_dir: Path) -> str | None:
+    """The evaluator (SHA-256 prefix) that scored the run's first evaluation, or None before any."""
+    return next((r["evaluator_sha256"] for r in MetricsLog(Path(run_dir) / "metrics.jsonl").read()
+                 if r.get("event") == "eval" and r.get("evaluator_sha256")), None)
+
+
 class NullLog(MetricsLog):
     """The log of ranks other than 0: they write nothing."""
 

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_latest, save_checkpoint
 from .runfolder import (MetricsLog, NullLog, RunError, RunInUse, RunLock, normalised_config, prepare_run_dir,
-                        run_dir_for, write_eval_csv)
+                        run_dir_for, run_evaluator_sha, write_eval_csv)
 from .config import EXECUTION_ONLY, Config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
@@ -470,11 +470,13 @@ class Run:
         from .evaluate import evaluate_task, get_evaluator
 
         if self.evaluator is None:
+            # the evaluator of the run's earlier evaluations (a resumed run, a shared task 0), when there are some
+            sha = run_evaluator_sha(self.run_dir)
             if env.main:  # rank 0 trains and caches the evaluator if there is none yet; the others then load it
-                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root)
+                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root, sha=sha)
             env.barrier()
             if not env.main:
-                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root)
+                self.evaluator = get_evaluator(cfg.data.dataset, self.device, cfg.data.root, sha=sha)
         t_eval = time.perf_counter()
         metrics = evaluate_task(self.shown_model(), self.schedule, self.data, k, cfg.eval, self.evaluator,
                                 self.device, self.autocast, env)
