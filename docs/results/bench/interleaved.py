@@ -5,6 +5,10 @@ variant sees the same moments.
 
     python docs/results/bench/interleaved.py --preset paper --batch 128 --rounds 2 --iters 2 \
         --variants defaults,channels_last,teacher_fp32
+    python docs/results/bench/interleaved.py --preset small --image-size 28 --strategy naive --batches 32,64,128
+
+A variant is an option (`--variants`) or a batch size (`--batches`, the default options): the summary gives each
+one's images per second (the iteration's real images; a replay strategy trains as many replayed ones besides).
 """
 import argparse
 import time
@@ -24,6 +28,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--iters", type=int, default=2, help="timed iterations per variant per round")
+    ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
     ap.add_argument("--variants", default="defaults,channels_last",
                     help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
                          "teacher_fp32, bf16_master, teacher_inference_mode)")
@@ -32,10 +37,12 @@ def main():
     spec = {"name": a.strategy}
     if a.strategy != "naive":
         spec["teacher_steps"] = 2
-    runs = {}
-    for v in a.variants.split(","):
-        opts = {} if v == "defaults" else {v: True}
-        model, schedule, st, ac, opt, x0 = _setup(a.preset, a.batch, spec, "auto", a.threads,
+    runs, batch = {}, {}
+    variants = [f"batch {b}" for b in a.batches.split(",")] if a.batches else a.variants.split(",")
+    for v in variants:
+        opts = {} if v == "defaults" or a.batches else {v: True}
+        batch[v] = int(v.split()[1]) if a.batches else a.batch
+        model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "auto", a.threads,
                                                   bool(opts.get("fused")), opts, a.image_size)
         gen = torch.Generator().manual_seed(0)
         train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)  # warm-up
@@ -52,11 +59,13 @@ def main():
             times[v].append((time.perf_counter() - t0) / a.iters)
             print(f"round {r} {v}: {times[v][-1]:.3f} s/iter", flush=True)
     base = times[names[0]]
-    print(f"\n{a.strategy}, preset {a.preset}, batch {a.batch}, {a.image_size}px, {a.threads} threads, "
+    print(f"\n{a.strategy}, preset {a.preset}, batch {a.batches or a.batch}, {a.image_size}px, {a.threads} threads, "
           f"torch {torch.__version__}")
     for v in names:
-        ratios = " ".join(f"{b / t:.2f}" for b, t in zip(base, times[v]))
-        print(f"{v:24s} mean {sum(times[v]) / len(times[v]):8.3f} s/iter; {names[0]}/{v} per round: {ratios}")
+        # images per second against the first variant's, round by round (with equal batches: its time / this one's)
+        ratios = " ".join(f"{batch[v] * b / (batch[names[0]] * t):.2f}" for b, t in zip(base, times[v]))
+        mean = sum(times[v]) / len(times[v])
+        print(f"{v:24s} mean {mean:8.3f} s/iter, {batch[v] / mean:7.1f} images/s; throughput vs {names[0]} per round: {ratios}")
 
 
 if __name__ == "__main__":
