@@ -215,9 +215,9 @@ def get_evaluator(dataset: str = "fashion_mnist", device="cpu", root: str | None
         path = find_evaluator(dataset, sha=sha)
         if path is not None:
             return load_evaluator(path, device)
-        print(f"warning: this run's earlier tasks were scored by the {dataset} evaluator {sha[:16]}, which is not "
-              f"in {cache_dir() / 'evaluator'}; its later tasks are scored by another evaluator, and FIDs from "
-              "two evaluators do not compare exactly (each metric row records its evaluator_sha256). To keep one "
+        print(f"warning: this run was scored so far by the {dataset} evaluator {sha[:16]}, which is not "
+              f"in {cache_dir() / 'evaluator'}; another evaluator scores it now, and FIDs from two evaluators "
+              "do not compare exactly (each metric row records its evaluator_sha256). To keep one "
               f"evaluator, copy the file *-evaluator-{sha[:16]}.pt (and its .json) from the machine that made it "
               "into that folder before resuming", file=sys.stderr)
     path = find_evaluator(dataset)
