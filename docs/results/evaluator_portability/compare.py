@@ -41,13 +41,13 @@ def main(paths):
     p_true = class_histogram(yte.numpy(), 10)
     print("| image set | " + " | ".join(f"{e.sha256[:8]} FID / KLD" for e in evs) + " | max/min FID |")
     print("|---|" + "---|" * (len(evs) + 1))
+    test_stats = [feature_stats(e.run(xte)[0]) for e in evs]  # the reference set's statistics, once per evaluator
     agree = []
     for name, x in imgs.items():
         cells, fids, preds = [], [], []
-        for e in evs:
-            ft, _ = e.run(xte)
+        for e, st in zip(evs, test_stats):
             fg, pg = e.run(x)
-            fid = frechet_distance(*feature_stats(fg), *feature_stats(ft))
+            fid = frechet_distance(*feature_stats(fg), *st)
             fids.append(fid)
             preds.append(pg)
             cells.append(f"{fid:.1f} / {kld(p_true, class_histogram(pg, 10)):.3f}")
