@@ -26,7 +26,7 @@ for steps in "${steps_list[@]}"; do
   fi
   [ -f "$out/checkpoints/task_00.json" ] || $CL train --config configs/split_fmnist/cpu/generative_distillation.yaml \
     --out "$out" --no-progress --tasks 1 --resume --set seed="$SEED" --set train.first_task_steps="$steps" \
-    --set train.threads="$THREADS" "${extra[@]}"
+    --set train.threads="$THREADS" --set strategy.lam=1.0 "${extra[@]}"
 done
 first="$RUNS/steps810_seed$SEED"
 # the classifier's task 0 trains on real images only: the same in every folder (same seed, data and settings),
