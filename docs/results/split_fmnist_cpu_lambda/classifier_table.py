@@ -1,0 +1,58 @@
+"""The classifier (docs/protocol.md §5) with GD replay of lambda 0.75 against lambda 1, one seed at a time:
+    python docs/results/split_fmnist_cpu_lambda/classifier_table.py runs/sweeps/split_fmnist_cpu 69 1714 [--dump FILE]
+    python docs/results/split_fmnist_cpu_lambda/classifier_table.py docs/results/split_fmnist_cpu_lambda/classifier_amx.json
+The first form reads the GD run folders' classifier.jsonl (`cldiff classify RUN --set classifier.epochs=5
+--set classifier.replay_pool=2000 --threads 1`); --dump writes their records to FILE (the committed
+classifier_amx.json); the second form reads such a file. Rows: the average accuracy over the tasks seen after
+each task, and the accuracy on every task after the last."""
+import json
+import sys
+from pathlib import Path
+
+PATTERN = "fashion_mnist_generative_distillation_lam{lam}_teacher_steps2_small_seed{seed}"
+LAMBDAS = ("0.75", "1.0")
+
+
+def main(argv: list[str]) -> int:
+    dump = None
+    if "--dump" in argv:
+        i = argv.index("--dump")
+        dump = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+    src = Path(argv[0])
+    if src.suffix == ".json":
+        data = json.loads(src.read_text())
+    else:
+        data = {}
+        for seed in argv[1:]:
+            for lam in LAMBDAS:
+                f = src / PATTERN.format(lam=lam, seed=seed) / "classifier.jsonl"
+                if f.is_file():
+                    data[f.parent.name] = [json.loads(x) for x in f.read_text().splitlines()
+                                           if json.loads(x).get("event") == "classifier_eval"]
+        if dump is not None:
+            dump.write_text(json.dumps(data, indent=1) + "\n")
+    seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
+    n = max((len(v) for v in data.values()), default=0)
+    print("| seed | lambda | " + " | ".join(f"after task {k}" for k in range(n)) + " | per task after the last |")
+    print("|---|---|" + "---|" * n + "---|")
+    finals: dict[str, list[float]] = {}
+    for seed in seeds:
+        for lam in LAMBDAS:
+            recs = data.get(PATTERN.format(lam=lam, seed=seed))
+            if not recs:
+                continue
+            by_task = {r["task"]: r for r in recs}
+            cells = [f"{by_task[k]['avg_acc']:.3f}" if k in by_task else "-" for k in range(n)]
+            last = by_task[max(by_task)]
+            if max(by_task) == n - 1:
+                finals.setdefault(lam, []).append(last["avg_acc"])
+            per_task = " ".join(f"{a:.3f}" for a in last["acc"])
+            print(f"| {seed} | {float(lam):g} | " + " | ".join(cells) + f" | {per_task} |")
+    for lam, v in finals.items():
+        print(f"\nlambda {float(lam):g}: mean final average accuracy {sum(v) / len(v):.3f} over {len(v)} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

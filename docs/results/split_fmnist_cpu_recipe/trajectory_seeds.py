@@ -1,0 +1,66 @@
+"""Trajectory distillation (S = 3, the last 2 states) against GD on one seed at a time, one machine, one evaluator:
+    python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py runs/sweeps/split_fmnist_cpu 69 1714
+    python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py docs/results/split_fmnist_cpu_recipe/trajectory_amx.json
+The first form reads the run folders (and with --dump FILE writes their evaluations and task ends to FILE, the
+committed trajectory_amx.json); the second reads such a file. Rows: fid_fmnist / KLD after every task, the teacher
+image-forwards of the later tasks, the later tasks' training time, the evaluator that scored the row."""
+import json
+import sys
+from pathlib import Path
+
+RUNS = {  # label -> run folder name pattern ({seed} filled in)
+    "GD, lambda 0.75": "fashion_mnist_generative_distillation_lam0.75_teacher_steps2_small_seed{seed}",
+    "GD, lambda 1": "fashion_mnist_generative_distillation_lam1.0_teacher_steps2_small_seed{seed}",
+    "trajectory, S = 3, states 2, lambda 1": "fashion_mnist_trajectory_distillation_lam1.0_states2_teacher_steps3_small_seed{seed}",
+}
+N_TASKS = 5
+
+
+def read_folder(folder: Path) -> dict:
+    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    keep = ("task", "fid_fmnist", "kld", "ard", "class_fid", "evaluator_sha256", "n_samples", "eval_s")
+    evals = [{k: r[k] for k in keep if k in r} for r in recs if r.get("event") == "eval"]
+    ends = [{k: v for k, v in r.items() if k != "event"} for r in recs if r.get("event") == "task_end"]
+    return {"evals": evals, "task_ends": ends}
+
+
+def main(argv: list[str]) -> int:
+    dump = None
+    if "--dump" in argv:
+        i = argv.index("--dump")
+        dump = Path(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+    src = Path(argv[0])
+    if src.suffix == ".json":
+        data = json.loads(src.read_text())
+    else:
+        data = {}
+        for seed in argv[1:]:
+            for pattern in RUNS.values():
+                folder = src / pattern.format(seed=seed)
+                if (folder / "metrics.jsonl").is_file():
+                    data[folder.name] = read_folder(folder)
+        if dump is not None:
+            dump.write_text(json.dumps(data, indent=1) + "\n")
+    seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
+    print("| seed | strategy | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
+          + " | teacher image-forwards, tasks 1-4 | training s per later task | evaluator |")
+    print("|---|---|" + "---|" * N_TASKS + "---|---|---|")
+    for seed in seeds:
+        for label, pattern in RUNS.items():
+            run = data.get(pattern.format(seed=seed))
+            if run is None:
+                continue
+            ev = {e["task"]: e for e in run["evals"]}
+            later = [t for t in run["task_ends"] if t["task"] > 0]
+            cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(N_TASKS)]
+            teacher = sum(t["teacher_image_forwards"] for t in later)
+            secs = [t["train_s"] for t in later]
+            span = f"{min(secs):.0f}-{max(secs):.0f}" if secs else "-"
+            sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()}))
+            print(f"| {seed} | {label} | " + " | ".join(cells) + f" | {teacher:,} | {span} | {sha} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
