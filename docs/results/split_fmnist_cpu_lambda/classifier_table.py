@@ -5,6 +5,7 @@ The first form reads the GD run folders' classifier.jsonl (`cldiff classify RUN 
 --set classifier.replay_pool=2000 --threads 1`); --dump writes their records to FILE (the committed
 classifier_amx.json); the second form reads such a file. Rows: the average accuracy over the tasks seen after
 each task, and the accuracy on every task after the last."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -13,25 +14,27 @@ PATTERN = "fashion_mnist_generative_distillation_lam{lam}_teacher_steps2_small_s
 LAMBDAS = ("0.75", "1.0")
 
 
+def collect(root: Path, seeds: list[str]) -> dict:
+    """The classifier_eval records of every GD run folder of the seeds, by folder name."""
+    data = {}
+    for seed in seeds:
+        for lam in LAMBDAS:
+            f = root / PATTERN.format(lam=lam, seed=seed) / "classifier.jsonl"
+            if f.is_file():
+                recs = [json.loads(x) for x in f.read_text().splitlines()]
+                data[f.parent.name] = [r for r in recs if r.get("event") == "classifier_eval"]
+    return data
+
+
 def main(argv: list[str]) -> int:
-    dump = None
-    if "--dump" in argv:
-        i = argv.index("--dump")
-        dump = Path(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
-    src = Path(argv[0])
-    if src.suffix == ".json":
-        data = json.loads(src.read_text())
-    else:
-        data = {}
-        for seed in argv[1:]:
-            for lam in LAMBDAS:
-                f = src / PATTERN.format(lam=lam, seed=seed) / "classifier.jsonl"
-                if f.is_file():
-                    data[f.parent.name] = [json.loads(x) for x in f.read_text().splitlines()
-                                           if json.loads(x).get("event") == "classifier_eval"]
-        if dump is not None:
-            dump.write_text(json.dumps(data, indent=1) + "\n")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path, help="the sweep folder, or a JSON file written by --dump")
+    ap.add_argument("seeds", nargs="*", help="seeds to read from the sweep folder")
+    ap.add_argument("--dump", type=Path, help="write the records read from the folders to this JSON file")
+    args = ap.parse_args(argv)
+    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(data, indent=1) + "\n")
     seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
     n = max((len(v) for v in data.values()), default=0)
     print("| seed | lambda | " + " | ".join(f"after task {k}" for k in range(n)) + " | per task after the last |")
