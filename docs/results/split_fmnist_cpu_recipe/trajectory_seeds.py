@@ -4,6 +4,7 @@
 The first form reads the run folders (and with --dump FILE writes their evaluations and task ends to FILE, the
 committed trajectory_amx.json); the second reads such a file. Rows: fid_fmnist / KLD after every task, the teacher
 image-forwards of the later tasks, the later tasks' training time, the evaluator that scored the row."""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,24 +25,21 @@ def read_folder(folder: Path) -> dict:
     return {"evals": evals, "task_ends": ends}
 
 
+def collect(root: Path, seeds: list[str]) -> dict:
+    """The evaluations and task ends of every run folder of the seeds, by folder name."""
+    folders = (root / pattern.format(seed=seed) for seed in seeds for pattern in RUNS.values())
+    return {f.name: read_folder(f) for f in folders if (f / "metrics.jsonl").is_file()}
+
+
 def main(argv: list[str]) -> int:
-    dump = None
-    if "--dump" in argv:
-        i = argv.index("--dump")
-        dump = Path(argv[i + 1])
-        argv = argv[:i] + argv[i + 2:]
-    src = Path(argv[0])
-    if src.suffix == ".json":
-        data = json.loads(src.read_text())
-    else:
-        data = {}
-        for seed in argv[1:]:
-            for pattern in RUNS.values():
-                folder = src / pattern.format(seed=seed)
-                if (folder / "metrics.jsonl").is_file():
-                    data[folder.name] = read_folder(folder)
-        if dump is not None:
-            dump.write_text(json.dumps(data, indent=1) + "\n")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("source", type=Path, help="the sweep folder, or a JSON file written by --dump")
+    ap.add_argument("seeds", nargs="*", help="seeds to read from the sweep folder")
+    ap.add_argument("--dump", type=Path, help="write what was read from the folders to this JSON file")
+    args = ap.parse_args(argv)
+    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(data, indent=1) + "\n")
     seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
     print("| seed | strategy | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
           + " | teacher image-forwards, tasks 1-4 | training s per later task | evaluator |")
