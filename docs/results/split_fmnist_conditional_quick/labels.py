@@ -5,7 +5,10 @@ Per run: fid_fmnist / KLD and the evaluator's accuracy on the labels asked for (
 embedding's mean norm over the seen classes against the timestep embedding's (t = 500), and how far the
 predicted clean image moves between the task's two labels a and b: ||x0^(x, t, a) - x0^(x, t, b)|| / ||x0^(x, t, a)||,
 x0^ = (x_t - sqrt(1 - abar_t) eps^) / sqrt(abar_t), on 64 noised test images of the task at t = 800 (mostly noise:
-where the label should decide most) and t = 500 (0: the labels are ignored)."""
+where the label should decide most) and t = 500 (0: the labels are ignored).
+Other run folders (any scale), one row each, labelled LABEL:
+    python docs/results/split_fmnist_conditional_quick/labels.py --folders LABEL=RUN [LABEL=RUN ...]"""
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,11 +17,6 @@ import torch
 
 from cldiff.data import ContinualData
 from cldiff.runfolder import load_model
-
-runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/split_fmnist_conditional_quick")
-n01 = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/split_fmnist_conditional_quick_n01")
-variants = [("zeros, 1x (the preset)", runs, ""), ("N(0, 0.1^2), 1x", runs, "_init0.1"),
-            ("zeros, 30x", runs, "_lr30"), ("N(0, 1), 1x (diffusers' default)", n01, "")]
 
 
 @torch.no_grad()
@@ -41,16 +39,44 @@ def label_effect(ckpt: Path):
     return moved, cemb, temb
 
 
-print("| label embedding | seed | fid_fmnist / KLD | label accuracy | label / time embedding norm | "
-      "predicted x0 moved between the two labels, t = 800 / 500 |")
-print("|---|---|---|---|---|---|")
-for label, root, suffix in variants:
-    for seed in ("seed42_paper", "seed1714_paper"):
-        run = root / f"cond_{seed}{suffix}_gd"
-        ck = run / "checkpoints" / "task_00.pt"
-        if not ck.exists():
-            continue
-        ev = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x)
-        moved, cemb, temb = label_effect(ck)
-        print(f"| {label} | {seed.replace('_', ' ')} | {ev['fid_fmnist']:.1f} / {ev['kld']:.3f} | "
-              f"{ev['label_acc']:.3f} | {cemb:.2f} / {temb:.2f} | {100 * moved[0]:.2f} % / {100 * moved[1]:.2f} % |")
+def row(label: str, name: str, run: Path) -> str | None:
+    """One table row for the run folder's task-0 checkpoint and its first evaluation; None if it has none."""
+    ck = run / "checkpoints" / "task_00.pt"
+    if not ck.exists():
+        return None
+    ev = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x)
+    moved, cemb, temb = label_effect(ck)
+    return (f"| {label} | {name} | {ev['fid_fmnist']:.1f} / {ev['kld']:.3f} | {ev['label_acc']:.3f} | "
+            f"{cemb:.2f} / {temb:.2f} | {100 * moved[0]:.2f} % / {100 * moved[1]:.2f} % |")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description="how much a conditional model uses its labels after task 0")
+    ap.add_argument("runs", nargs="?", type=Path, default=Path("runs/split_fmnist_conditional_quick"))
+    ap.add_argument("runs_n01", nargs="?", type=Path, default=Path("runs/split_fmnist_conditional_quick_n01"))
+    ap.add_argument("--folders", nargs="+", metavar="LABEL=RUN", help="score these run folders instead")
+    a = ap.parse_args(argv)
+    print("| label embedding | seed | fid_fmnist / KLD | label accuracy | label / time embedding norm | "
+          "predicted x0 moved between the two labels, t = 800 / 500 |")
+    print("|---|---|---|---|---|---|")
+    if a.folders:
+        for item in a.folders:
+            label, sep, folder = item.partition("=")
+            if not sep:
+                ap.error(f"--folders takes LABEL=RUN pairs, got {item!r}")
+            run = Path(folder)
+            line = row(label, f"seed {load_model(run / 'checkpoints' / 'task_00.pt')[2].seed}", run)
+            print(line if line else f"| {label} | no task-0 checkpoint in {run} | | | | |")
+        return 0
+    variants = [("zeros, 1x (the preset)", a.runs, ""), ("N(0, 0.1^2), 1x", a.runs, "_init0.1"),
+                ("zeros, 30x", a.runs, "_lr30"), ("N(0, 1), 1x (diffusers' default)", a.runs_n01, "")]
+    for label, root, suffix in variants:
+        for seed in ("seed42_paper", "seed1714_paper"):
+            line = row(label, seed.replace("_", " "), root / f"cond_{seed}{suffix}_gd")
+            if line:
+                print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
