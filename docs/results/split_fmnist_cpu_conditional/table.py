@@ -4,10 +4,11 @@
 The first form reads the run folders under the sweeps folder (the `cpu` table's split_fmnist_cpu/, lambda 1, and
 run.sh's split_fmnist_cpu_conditional_labels/; with --dump FILE it writes their evaluations and task ends to FILE); the second reads such a file. Two tables: fid_fmnist / KLD, mean per-class FID (classes missing) and label
 accuracy after every task; then the per-class FIDs after the last task."""
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
+from snapshot import read_folder, read_source  # noqa: E402
 
 RUNS = {  # label -> run folder (relative to the sweeps folder), {seed} filled in
     "GD, unconditional": "split_fmnist_cpu/fashion_mnist_generative_distillation_lam1.0_teacher_steps2_small_seed{seed}",
@@ -23,13 +24,6 @@ KEEP = ("task", "fid_fmnist", "kld", "class_fid", "class_fid_mean", "classes_mis
         "evaluator_sha256", "n_samples")
 
 
-def read_folder(folder: Path) -> dict:
-    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    evals = [{k: r[k] for k in KEEP if k in r} for r in recs if r.get("event") == "eval"]
-    ends = [{k: v for k, v in r.items() if k != "event"} for r in recs if r.get("event") == "task_end"]
-    return {"evals": evals, "task_ends": ends}
-
-
 def collect(root: Path, seeds: list[str]) -> dict:
     """The evaluations and task ends of every run folder of the seeds, keyed by 'label, seed'."""
     out = {}
@@ -37,19 +31,12 @@ def collect(root: Path, seeds: list[str]) -> dict:
         for label, pattern in RUNS.items():
             f = root / pattern.format(seed=seed)
             if (f / "metrics.jsonl").is_file():
-                out[f"{label}, seed {seed}"] = read_folder(f)
+                out[f"{label}, seed {seed}"] = read_folder(f, KEEP)
     return out
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path, help="the sweeps folder (runs/sweeps), or a JSON file written by --dump")
-    ap.add_argument("seeds", nargs="*", help="seeds to read from the run folders")
-    ap.add_argument("--dump", type=Path, help="write what was read from the folders to this JSON file")
-    args = ap.parse_args(argv)
-    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
-    if args.dump is not None:
-        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    data = read_source(__doc__, collect, argv, "the sweeps folder (runs/sweeps)")
     print("| run | " + " | ".join(f"after task {k}" for k in range(N_TASKS)) + " | evaluator |")
     print("|---|" + "---|" * N_TASKS + "---|")
     for key, run in data.items():

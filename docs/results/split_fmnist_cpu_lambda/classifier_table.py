@@ -5,10 +5,12 @@ The first form reads the GD run folders' classifier.jsonl (`cldiff classify RUN 
 --set classifier.replay_pool=2000 --threads 1`); --dump writes their records to FILE (the committed
 classifier_amx.json); the second form reads such a file. Rows: the average accuracy over the tasks seen after
 each task, and the accuracy on every task after the last."""
-import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
+from snapshot import read_source  # noqa: E402
 
 PATTERN = "fashion_mnist_generative_distillation_lam{lam}_teacher_steps2_small_seed{seed}"
 LAMBDAS = ("0.75", "1.0")
@@ -27,14 +29,7 @@ def collect(root: Path, seeds: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path, help="the sweep folder, or a JSON file written by --dump")
-    ap.add_argument("seeds", nargs="*", help="seeds to read from the sweep folder")
-    ap.add_argument("--dump", type=Path, help="write the records read from the folders to this JSON file")
-    args = ap.parse_args(argv)
-    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
-    if args.dump is not None:
-        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    data = read_source(__doc__, collect, argv, "the sweep folder")
     seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
     n = max((len(v) for v in data.values()), default=0)
     print("| seed | lambda | " + " | ".join(f"after task {k}" for k in range(n)) + " | per task after the last |")

@@ -4,10 +4,11 @@
 The first form reads the run folders (and with --dump FILE writes their evaluations and task ends to FILE, the
 committed trajectory_amx.json); the second reads such a file. Rows: fid_fmnist / KLD after every task, the teacher
 image-forwards of the later tasks, the later tasks' training time, the evaluator that scored the row."""
-import argparse
-import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
+from snapshot import read_folder, read_source  # noqa: E402
 
 RUNS = {  # label -> run folder name pattern ({seed} filled in)
     "GD, lambda 0.75": "fashion_mnist_generative_distillation_lam0.75_teacher_steps2_small_seed{seed}",
@@ -17,29 +18,17 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
 N_TASKS = 5
 
 
-def read_folder(folder: Path) -> dict:
-    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    keep = ("task", "fid_fmnist", "kld", "ard", "class_fid", "evaluator_sha256", "n_samples", "eval_s")
-    evals = [{k: r[k] for k in keep if k in r} for r in recs if r.get("event") == "eval"]
-    ends = [{k: v for k, v in r.items() if k != "event"} for r in recs if r.get("event") == "task_end"]
-    return {"evals": evals, "task_ends": ends}
+KEEP = ("task", "fid_fmnist", "kld", "ard", "class_fid", "evaluator_sha256", "n_samples", "eval_s")
 
 
 def collect(root: Path, seeds: list[str]) -> dict:
     """The evaluations and task ends of every run folder of the seeds, by folder name."""
     folders = (root / pattern.format(seed=seed) for seed in seeds for pattern in RUNS.values())
-    return {f.name: read_folder(f) for f in folders if (f / "metrics.jsonl").is_file()}
+    return {f.name: read_folder(f, KEEP) for f in folders if (f / "metrics.jsonl").is_file()}
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("source", type=Path, help="the sweep folder, or a JSON file written by --dump")
-    ap.add_argument("seeds", nargs="*", help="seeds to read from the sweep folder")
-    ap.add_argument("--dump", type=Path, help="write what was read from the folders to this JSON file")
-    args = ap.parse_args(argv)
-    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
-    if args.dump is not None:
-        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    data = read_source(__doc__, collect, argv, "the sweep folder")
     seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
     print("| seed | strategy | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
           + " | teacher image-forwards, tasks 1-4 | training s per later task | evaluator |")

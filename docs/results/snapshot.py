@@ -1,0 +1,29 @@
+"""Shared by the docs tables' scripts: their data come from run folders, or from a JSON snapshot of what a
+script read from them before (its --dump, committed beside the table), so a table can be printed again without
+the runs."""
+import argparse
+import json
+from pathlib import Path
+from typing import Callable
+
+
+def read_source(doc: str, collect: Callable[[Path, list[str]], dict], argv: list[str], source_help: str) -> dict:
+    """Parse `SOURCE [SEED ...] [--dump FILE]`: SOURCE a folder (collect(SOURCE, seeds) reads it) or a JSON file
+    written by --dump. Returns the data; --dump writes what was read to FILE."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("source", type=Path, help=f"{source_help}, or a JSON file written by --dump")
+    ap.add_argument("seeds", nargs="*", help="seeds to read from the run folders")
+    ap.add_argument("--dump", type=Path, help="write what was read from the folders to this JSON file")
+    args = ap.parse_args(argv)
+    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def read_folder(folder: Path, keep: tuple[str, ...]) -> dict:
+    """A run folder's evaluations (the fields in keep) and task ends, from its metrics.jsonl."""
+    recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    evals = [{k: r[k] for k in keep if k in r} for r in recs if r.get("event") == "eval"]
+    ends = [{k: v for k, v in r.items() if k != "event"} for r in recs if r.get("event") == "task_end"]
+    return {"evals": evals, "task_ends": ends}
