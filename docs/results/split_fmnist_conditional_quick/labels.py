@@ -36,16 +36,18 @@ def label_effect(ckpt: Path):
     u = model.unet
     temb = u.time_embedding(u.time_proj(t[:1]).to(u.dtype)).norm().item()
     cemb = u.class_embedding(torch.tensor([a, b])).norm(dim=1).mean().item()
-    return moved, cemb, temb
+    return moved, cemb, temb, cfg.seed
 
 
-def row(label: str, name: str, run: Path) -> str | None:
-    """One table row for the run folder's task-0 checkpoint and its first evaluation; None if it has none."""
+def row(label: str, name: str | None, run: Path) -> str | None:
+    """One table row for the run folder's task-0 checkpoint and its first evaluation (name None: 'seed N' from
+    the checkpoint); None if it has none."""
     ck = run / "checkpoints" / "task_00.pt"
     if not ck.exists():
         return None
     ev = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x)
-    moved, cemb, temb = label_effect(ck)
+    moved, cemb, temb, seed = label_effect(ck)
+    name = name or f"seed {seed}"
     return (f"| {label} | {name} | {ev['fid_fmnist']:.1f} / {ev['kld']:.3f} | {ev['label_acc']:.3f} | "
             f"{cemb:.2f} / {temb:.2f} | {100 * moved[0]:.2f} % / {100 * moved[1]:.2f} % |")
 
@@ -65,7 +67,7 @@ def main(argv: list[str]) -> int:
             if not sep:
                 ap.error(f"--folders takes LABEL=RUN pairs, got {item!r}")
             run = Path(folder)
-            line = row(label, f"seed {load_model(run / 'checkpoints' / 'task_00.pt')[2].seed}", run)
+            line = row(label, None, run)
             print(line if line else f"| {label} | no task-0 checkpoint in {run} | | | | |")
         return 0
     variants = [("zeros, 1x (the preset)", a.runs, ""), ("N(0, 0.1^2), 1x", a.runs, "_init0.1"),
