@@ -32,6 +32,24 @@ def test_add_noise_is_ddpm_eq4():
     assert torch.allclose(xt[2], eps[2])  # t = T-1: pure noise
 
 
+def test_predict_x0_inverts_add_noise_and_saturates_at_the_last_step():
+    s = NoiseSchedule()
+    x0, eps = torch.rand(3, 1, 4, 4) * 2 - 1, torch.randn(3, 1, 4, 4)
+    t = torch.tensor([0, 500, 900])
+    assert torch.allclose(s.predict_x0(s.add_noise(x0, t, eps), t, eps), x0, atol=1e-4)
+    # t = T-1 under zero terminal SNR: x_t is the noise; a wrong eps saturates to +-1 under clip, the right one
+    # leaves an exact zero residual, which gives 0 (not NaN)
+    last = torch.full((3,), 999)
+    x_t = s.add_noise(x0, last, eps)
+    est = s.predict_x0(x_t, last, eps + 0.5, clip=True)
+    assert torch.equal(est.abs(), torch.ones_like(est))
+    assert torch.equal(s.predict_x0(x_t, last, eps), torch.zeros_like(x0))
+    # a wrong eps at t = 500 pushes the estimate out of [-1, 1]; clip clamps exactly that
+    x_mid = s.add_noise(x0, t, eps)
+    raw, clipped = s.predict_x0(x_mid, t, eps - 1.0), s.predict_x0(x_mid, t, eps - 1.0, clip=True)
+    assert raw[1].max() > 1 and torch.equal(clipped, raw.clamp(-1, 1))
+
+
 class Oracle(torch.nn.Module):
     """The exact eps-predictor for a data distribution that is a single image c."""
 

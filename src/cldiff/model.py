@@ -259,6 +259,18 @@ class NoiseSchedule:
         ab = self._ab(t)
         return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """The x_0 estimate of an eps-prediction, (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) (DDIM eq. 12's
+        "predicted x_0"); ``clip`` clamps it to [-1, 1]. Shapes (N, C, H, W); t (N,).
+
+        Under zero terminal SNR abar is 0 at t = T-1 and the estimate is undefined; as in diffusers'
+        DDIMScheduler (which the paper used) it saturates, and with ``clip`` it lands on +-1. The division is by a
+        tiny floor instead of 0, so that an exact zero residual gives 0, never NaN.
+        """
+        ab = self._ab(t)
+        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt().clamp(min=1e-12)
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """SNR_t = abar_t / (1 - abar_t), shape (N,). Under zero terminal SNR it is exactly 0 at t = T-1."""
         ab = self.abar[t]
@@ -327,13 +339,9 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
 
     noise: (N, C, H, W) standard normal. Returns x at ``t_end`` (default: x_0,
     in [-1, 1]) as float32. With eta = 0 the sampler is deterministic. The
-    predicted x_0 is clipped to [-1, 1] at every step, as in the paper.
-
-    With a zero-terminal-SNR schedule, abar at t = T-1 is 0 and the x_0
-    estimate (x - sqrt(1 - abar) eps) / sqrt(abar) is undefined for an
-    eps-prediction model; as in diffusers' DDIMScheduler (which the paper used)
-    it saturates and the clip maps it to +-1. We divide by a tiny floor
-    instead of 0 so that an exact zero residual gives 0, never NaN.
+    predicted x_0 is clipped to [-1, 1] at every step, as in the paper
+    (:meth:`NoiseSchedule.predict_x0`, which says what happens at t = T-1
+    under zero terminal SNR).
     """
     n = noise.shape[0]
     if ts is None:
@@ -348,9 +356,7 @@ def ddim_sample(model: nn.Module, schedule: NoiseSchedule, noise: torch.Tensor, 
             record.append((x, t, eps))
         a_t = schedule.abar[t].view(-1, 1, 1, 1)
         a_prev = torch.where(t_prev >= 0, schedule.abar[t_prev.clamp(min=0)], torch.ones_like(t_prev, dtype=torch.float32)).view(-1, 1, 1, 1)
-        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt().clamp(min=1e-12)
-        if clip:
-            x0 = x0.clamp(-1.0, 1.0)
+        x0 = schedule.predict_x0(x, t, eps, clip)
         sigma = eta * ((1 - a_prev) / (1 - a_t)).clamp(min=0).sqrt() * (1 - a_t / a_prev).clamp(min=0).sqrt()
         x_new = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0:

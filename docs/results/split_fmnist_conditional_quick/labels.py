@@ -30,8 +30,7 @@ def label_effect(ckpt: Path):
         g = torch.Generator().manual_seed(0)
         t = torch.full((len(x0),), step)
         x = schedule.add_noise(x0, t, torch.randn(x0.shape, generator=g))
-        ab = schedule.abar[t].view(-1, 1, 1, 1)
-        x0_hat = {c: (x - (1 - ab).sqrt() * model(x, t, torch.full_like(t, c))) / ab.sqrt() for c in (a, b)}
+        x0_hat = {c: schedule.predict_x0(x, t, model(x, t, torch.full_like(t, c))) for c in (a, b)}
         moved.append(((x0_hat[a] - x0_hat[b]).norm() / x0_hat[a].norm()).item())
     u = model.unet
     temb = u.time_embedding(u.time_proj(t[:1]).to(u.dtype)).norm().item()

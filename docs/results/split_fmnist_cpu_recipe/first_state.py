@@ -24,8 +24,7 @@ def at_bounds(x: torch.Tensor) -> float:
 
 
 for j, (x, t, eps) in enumerate(record):
-    a = sched.abar[t].view(-1, 1, 1, 1)
-    est = ((x - (1 - a).sqrt() * eps) / a.sqrt().clamp(min=1e-12)).clamp(-1, 1)
+    est = sched.predict_x0(x, t, eps, clip=True)
     print(f"step {j} (t = {t.float().mean():.0f} on average): x_0 estimate at +-1: {at_bounds(est):.3f}")
 print(f"finished samples at +-1: {at_bounds(final):.3f}")
 test_x = load_dataset(DATASETS[cfg.data.dataset])[2]  # uint8; 0 and 255 are the model range's -1 and +1
