@@ -172,13 +172,18 @@ def test_per_class_fid_is_small_for_the_right_class_and_large_for_another(fake_f
     for c in ("0", "1"):
         assert right["class_fid"][c] * 5 < swapped["class_fid"][c]
     assert right["label_acc"] > 0.9 and swapped["label_acc"] < 0.1
+    # per class: class 0's samples right and class 1's swapped gives each class its own share
+    half = score_samples(torch.cat([x0[:n], x0[:n]]), ev, "fashion_mnist", [0, 1], data=data,
+                         labels=torch.tensor([0] * n + [1] * n))
+    assert half["label_acc_class"]["0"] > 0.9 and half["label_acc_class"]["1"] < 0.1
+    assert half["label_acc"] == pytest.approx(np.mean(list(half["label_acc_class"].values())))
     assert right["classes_missing"] == 0
     # an unconditional model's samples are grouped by the evaluator's predicted class; a class with fewer
     # than MIN_CLASS_SAMPLES samples is missing, not scored
     only0 = score_samples(x0[:n], ev, "fashion_mnist", [0, 1], data=data)
     assert only0["class_source"] == "predicted" and only0["classes_missing"] == 1
     assert only0["class_fid"]["1"] is None and only0["class_fid_mean"] == pytest.approx(only0["class_fid"]["0"])
-    assert "label_acc" not in only0
+    assert "label_acc" not in only0 and "label_acc_class" not in only0
 
 
 def _cond_run(fake_fmnist, extra=()):
@@ -188,16 +193,39 @@ def _cond_run(fake_fmnist, extra=()):
 
 
 def test_conditional_run_evaluates_balanced_classes_and_draws_a_row_per_class(fake_fmnist, tmp_path,
-                                                                            synthetic_evaluator):
+                                                                            synthetic_evaluator, monkeypatch,
+                                                                            capsys):
     from PIL import Image
+
+    import cldiff.evaluate
+    from cldiff.cli import main
     ev = dataclasses.replace(synthetic_evaluator, dataset="fashion_mnist")
     run = train(_cond_run(fake_fmnist), out=str(tmp_path / "c"), progress=False, evaluator=ev)
     evals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert [e["seen_classes"] for e in evals] == [[2, 6], [1, 2, 6, 8]]
     assert all(e["class_source"] == "label" and 0 <= e["label_acc"] <= 1 for e in evals)
     assert evals[1]["classes_missing"] == 0 and set(evals[1]["class_fid"]) == {"1", "2", "6", "8"}
+    assert set(evals[1]["label_acc_class"]) == {"1", "2", "6", "8"}  # 10 samples asked for each class
+    assert evals[1]["label_acc"] == pytest.approx(np.mean(list(evals[1]["label_acc_class"].values())))
     w, h = Image.open(run / "samples" / "task_01.png").size
     assert (w, h) == (2 + 2 * 34, 2 + 4 * 34)  # 8 grid samples over 4 classes: 4 rows of 2
+
+    # `cldiff evaluate --guidance`: the run's own scale (2) recomputes its figures, another scale changes them
+    monkeypatch.setattr(cldiff.evaluate, "get_evaluator", lambda *a, **k: ev)
+
+    def evaluate(*args):
+        capsys.readouterr()
+        rc = main(["evaluate", str(run), "--task", "1", *args])
+        o = capsys.readouterr()
+        return rc, (json.loads(o.out.splitlines()[-1]) if rc == 0 else o.err)
+
+    rc, own = evaluate("--guidance", "2")
+    k = ev.fid_key
+    assert rc == 0 and own[k] == pytest.approx(evals[1][k], rel=1e-6) and own["label_acc"] == evals[1]["label_acc"]
+    rc, plain = evaluate("--guidance", "1")
+    assert rc == 0 and plain[k] != pytest.approx(own[k], rel=1e-6)
+    rc, err = evaluate("--guidance", "-1")
+    assert rc == 2 and "--guidance -1" in err and ">= 0" in err
 
 
 def test_cli_sample_by_class(fake_fmnist, tmp_path, synthetic_evaluator):

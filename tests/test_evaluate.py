@@ -160,6 +160,8 @@ def test_evaluate_recomputes_a_checkpoint_and_other_steps_leave_the_run_alone(fa
     assert (out / "eval.csv").read_text() == csv_before
     rc, err = evaluate("--steps", "0")
     assert rc == 2 and "--steps 0" in err and "at least 1" in err
+    rc, err = evaluate("--guidance", "2")  # guidance needs a class-conditional model
+    assert rc == 2 and "unconditional" in err and "model.conditional" in err
 
 
 @pytest.mark.slow  # long (tens of seconds), not a process of its own

@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, help="override eval.n_samples")
     e.add_argument("--steps", type=int, help="override eval.steps (DDIM steps per sample; the run's metrics files "
                    "are not changed, the figures are printed)")
+    e.add_argument("--guidance", type=float, help="override eval.guidance, the classifier-free guidance scale of a "
+                   "class-conditional model's samples (1: none)")
 
     c = sub.add_parser("classify", help="train the continual classifier on a finished run (its checkpoints "
                        "as replay generators)", description="Train the classifier of docs/protocol.md §5 after the "
@@ -318,6 +320,8 @@ def _evaluate(args) -> int:
 
     if args.steps is not None and args.steps < 1:  # before any checkpoint is loaded
         raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
+    if args.guidance is not None and not args.guidance >= 0:
+        raise ValueError(f"--guidance {args.guidance}: the guidance scale must be >= 0 (1: no guidance)")
     run = Path(args.run)
     metas = [m for m in list_checkpoints(run) if args.task is None or m.get("task") == args.task]
     if not metas:
@@ -331,6 +335,11 @@ def _evaluate(args) -> int:
             cfg.eval.n_samples = args.n
         if args.steps is not None:
             cfg.eval.steps = args.steps
+        if args.guidance is not None:
+            if not cfg.model.conditional:
+                raise ValueError(f"--guidance: {run} is an unconditional model; guidance needs a class-conditional "
+                                 "one (model.conditional: true)")
+            cfg.eval.guidance = args.guidance
         ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root, sha=run_evaluator_sha(run))
         data = ContinualData.from_config(cfg)
         m = evaluate_task(model, schedule, data, meta["task"], cfg.eval, ev, dev, autocast_for(dev, cfg.train.precision))

@@ -355,7 +355,8 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
     (``class_fid``), their mean over the classes that have samples (``class_fid_mean``) and the number that
     have fewer than MIN_CLASS_SAMPLES (``classes_missing``). A sample's class is its label when ``labels`` are
     given (a conditional model's requested classes; then ``label_acc``, the share of samples the evaluator
-    puts in the class asked for, is reported too), else the evaluator's predicted class.
+    puts in the class asked for, is reported too, and ``label_acc_class``, that share among the samples asked
+    for each class c, None for a class asked for by no sample), else the evaluator's predicted class.
     """
     # the real statistics are always those of the 32x32 test images (a 28x28 run's data, resized like all data)
     data = data.at_size(EVAL_SIZE) if data is not None else None
@@ -379,7 +380,10 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
     out.update({"class_fid": per, "class_fid_mean": float(np.mean(have)) if have else None,
                 "classes_missing": len(per) - len(have), "class_source": "label" if labels is not None else "predicted"})
     if labels is not None:
-        out["label_acc"] = float((np.asarray(preds) == np.asarray(labels)).mean())
+        hit, lab = np.asarray(preds) == np.asarray(labels), np.asarray(labels)
+        out["label_acc"] = float(hit.mean())
+        out["label_acc_class"] = {str(c): float(hit[lab == c].mean()) if (lab == c).any() else None
+                                  for c in sorted(int(c) for c in classes)}
     return out
 
 
