@@ -224,6 +224,7 @@ def test_conditional_run_evaluates_balanced_classes_and_draws_a_row_per_class(fa
     assert rc == 0 and own[k] == pytest.approx(evals[1][k], rel=1e-6) and own["label_acc"] == evals[1]["label_acc"]
     rc, plain = evaluate("--guidance", "1")
     assert rc == 0 and plain[k] != pytest.approx(own[k], rel=1e-6)
+    assert (own["guidance"], plain["guidance"], plain["steps"]) == (2.0, 1.0, 2)  # what each line was made with
     rc, err = evaluate("--guidance", "-1")
     assert rc == 2 and "--guidance -1" in err and ">= 0" in err
 

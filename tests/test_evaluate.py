@@ -157,6 +157,7 @@ def test_evaluate_recomputes_a_checkpoint_and_other_steps_leave_the_run_alone(fa
     assert same["kld"] == pytest.approx(written["kld"], rel=1e-6)
     rc, other = evaluate("--steps", "5")  # other DDIM steps: other samples, other figures, printed only
     assert rc == 0 and other["fid_synthetic"] != pytest.approx(same["fid_synthetic"], rel=1e-6)
+    assert (same["steps"], other["steps"]) == (2, 5) and "guidance" not in other  # unconditional: no guidance
     assert (out / "eval.csv").read_text() == csv_before
     rc, err = evaluate("--steps", "0")
     assert rc == 2 and "--steps 0" in err and "at least 1" in err

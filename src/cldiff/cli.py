@@ -343,5 +343,6 @@ def _evaluate(args) -> int:
         ev = ev or get_evaluator(cfg.data.dataset, dev, cfg.data.root, sha=run_evaluator_sha(run))
         data = ContinualData.from_config(cfg)
         m = evaluate_task(model, schedule, data, meta["task"], cfg.eval, ev, dev, autocast_for(dev, cfg.train.precision))
-        print(json.dumps({"task": meta["task"], **m}))
+        how = {"steps": cfg.eval.steps, **({"guidance": cfg.eval.guidance} if cfg.model.conditional else {})}
+        print(json.dumps({"task": meta["task"], **how, **m}))
     return 0
