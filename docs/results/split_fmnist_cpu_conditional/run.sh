@@ -5,6 +5,9 @@
 #     (model.label_lr_scale=30); each variant sets its start explicitly;
 #  2. the 5 tasks of GD (its task-0 run continued) and GR (from GD's task 0) for the settings in FULL (default
 #     init0.1, the one that made the model use its labels).
+# The runs evaluate at guidance 1 after every task (the presets' scale when they were made; the presets now
+# evaluate at 1.5), so that every run of this folder resumes with the settings it started with; the guided
+# figures come from `cldiff evaluate RUN --guidance G` (COMMAND.md).
 # One process, THREADS torch threads (default 1); resumable: run it again after an interruption. Two seeds can
 # run side by side with THREADS=1 each.
 #   bash docs/results/split_fmnist_cpu_conditional/run.sh 69
@@ -26,7 +29,8 @@ settings() {  # the label-embedding settings of a variant, whatever the preset's
   esac
 }
 for v in ${VARIANTS:-zeros init0.1 lr30} ${FULL:-init0.1}; do settings "$v" > /dev/null; done  # names checked first
-common=(--no-progress --resume --set seed="$SEED" --set train.threads="${THREADS:-1}" --set train.checkpoint_every=50)
+common=(--no-progress --resume --set seed="$SEED" --set train.threads="${THREADS:-1}" --set train.checkpoint_every=50
+        --set eval.guidance=1.0)
 for v in ${VARIANTS:-zeros init0.1 lr30}; do
   $CL train --config $PRESET/generative_distillation.yaml --out "$RUNS/gd_${v}_seed$SEED" --tasks 1 \
     $(settings "$v") "${common[@]}" >> "$RUNS/gd_${v}_seed$SEED.log" 2>&1
