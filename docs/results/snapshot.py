@@ -27,3 +27,22 @@ def read_folder(folder: Path, keep: tuple[str, ...]) -> dict:
     evals = [{k: r[k] for k in keep if k in r} for r in recs if r.get("event") == "eval"]
     ends = [{k: v for k, v in r.items() if k != "event"} for r in recs if r.get("event") == "task_end"]
     return {"evals": evals, "task_ends": ends}
+
+
+def classifier_records(run: Path) -> list[dict]:
+    """The classifier_eval records of a run folder's classifier.jsonl (`cldiff classify`); [] if it has none."""
+    f = run / "classifier.jsonl"
+    if not f.is_file():
+        return []
+    return [r for r in map(json.loads, f.read_text().splitlines()) if r.get("event") == "classifier_eval"]
+
+
+def classifier_cells(recs: list[dict], n: int) -> tuple[list[str], str, float | None]:
+    """A classifier's table cells: its average accuracy after each of n tasks ("-" where missing), its accuracy
+    on every task after the last task it reached, and its final average accuracy (None before task n - 1)."""
+    by_task = {r["task"]: r for r in recs}
+    cells = [f"{by_task[k]['avg_acc']:.3f}" if k in by_task else "-" for k in range(n)]
+    last = by_task[max(by_task)]
+    final = last["avg_acc"] if max(by_task) == n - 1 else None
+    return cells, " ".join(f"{a:.3f}" for a in last["acc"]), final
+

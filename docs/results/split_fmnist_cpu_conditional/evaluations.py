@@ -5,6 +5,8 @@ evaluator cannot tell from a real image of c is still scored as the real images 
     cldiff evaluate RUN [--task K] [--guidance G] > FILE.jsonl       # per run and setting
     python docs/results/split_fmnist_cpu_conditional/evaluations.py LABEL=FILE.jsonl ... [--dump F.json]
     python docs/results/split_fmnist_cpu_conditional/evaluations.py F.json      # the tables again, from the dump
+With every LABEL written ROW@COLUMN (e.g. "seed 69@guidance 2") the metrics table has a row per ROW and task and a
+column per COLUMN, each cell "fid_fmnist / KLD; mean per-class FID; label accuracy".
 A class's accuracy is marked * after the task that brought its real images (it was trained on data, not on
 replay, in that task), where the file has that task's evaluation and the one before."""
 import argparse
@@ -39,8 +41,9 @@ def collect(pairs: list[str]) -> dict:
         if not label or not Path(path).is_file():
             raise SystemExit(f"evaluations.py: '{p}' is not LABEL=FILE with FILE a `cldiff evaluate` output")
         recs = [json.loads(x) for x in Path(path).read_text().splitlines() if x.startswith("{")]
-        runs[label] = [{k: r[k] for k in KEEP} for r in recs if "label_acc_class" in r]
-        if not runs[label]:
+        got = [{k: r[k] for k in KEEP} for r in recs if "label_acc_class" in r]
+        runs.setdefault(label, []).extend(got)  # a label may gather several files (tasks evaluated one by one)
+        if not got:
             raise SystemExit(f"evaluations.py: {path} has no per-class label accuracy (a conditional run's "
                              "`cldiff evaluate` output is needed)")
     shas = {r["evaluator_sha256"] for rs in runs.values() for r in rs}
@@ -58,6 +61,20 @@ def metrics(data: dict) -> str:
     return "\n".join(rows)
 
 
+def pivot(data: dict) -> str:
+    """Labels ROW@COLUMN (e.g. "seed 69@guidance 2"): one row per ROW and task, one column per COLUMN."""
+    cols = list(dict.fromkeys(label.split("@")[1] for label in data["runs"]))
+    cells: dict = {}
+    for label, recs in data["runs"].items():
+        row, col = label.split("@")
+        for r in recs:
+            cells.setdefault(f"{row}, after task {r['task']}", {})[col] = (
+                f"{r['fid_fmnist']:.1f} / {r['kld']:.3f}; {r['class_fid_mean']:.1f}; {r['label_acc']:.3f}")
+    rows = ["| checkpoint | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    rows += [f"| {name} | " + " | ".join(c.get(col, "") for col in cols) + " |" for name, c in cells.items()]
+    return "\n".join(rows)
+
+
 def per_class(data: dict) -> str:
     head = "| run | after task | all | " + " | ".join(NAMES) + " |"
     rows = [head, "|" + "---|" * (len(NAMES) + 3)]
@@ -70,7 +87,7 @@ def per_class(data: dict) -> str:
             for c in range(10):
                 a = r["label_acc_class"].get(str(c))
                 cells.append("" if a is None else f"{a:.2f}" + ("*" if str(c) in new else ""))
-            rows.append(f"| {label} | {r['task']} | {r['label_acc']:.3f} | " + " | ".join(cells) + " |")
+            rows.append(f"| {label.replace('@', ', ')} | {r['task']} | {r['label_acc']:.3f} | " + " | ".join(cells) + " |")
     real = data["real"]
     rows.append(f"| real test images | - | {np.mean(real):.3f} | " + " | ".join(f"{a:.2f}" for a in real) + " |")
     return "\n".join(rows)
@@ -87,7 +104,8 @@ def main(argv=None):
         data = collect(args.sources)
     if args.dump is not None:
         args.dump.write_text(json.dumps(data, indent=1) + "\n")
-    print(metrics(data) + "\n\nLabel accuracy per class asked for:\n\n" + per_class(data))
+    table = pivot if all("@" in label for label in data["runs"]) else metrics
+    print(table(data) + "\n\nLabel accuracy per class asked for:\n\n" + per_class(data))
 
 
 if __name__ == "__main__":

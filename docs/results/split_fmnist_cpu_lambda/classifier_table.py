@@ -5,12 +5,11 @@ The first form reads the GD run folders' classifier.jsonl (`cldiff classify RUN 
 --set classifier.replay_pool=2000 --threads 1`); --dump writes their records to FILE (the committed
 classifier_amx.json); the second form reads such a file. Rows: the average accuracy over the tasks seen after
 each task, and the accuracy on every task after the last."""
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
-from snapshot import read_source  # noqa: E402
+from snapshot import classifier_cells, classifier_records, read_source  # noqa: E402
 
 PATTERN = "fashion_mnist_generative_distillation_lam{lam}_teacher_steps2_small_seed{seed}"
 LAMBDAS = ("0.75", "1.0")
@@ -21,10 +20,9 @@ def collect(root: Path, seeds: list[str]) -> dict:
     data = {}
     for seed in seeds:
         for lam in LAMBDAS:
-            f = root / PATTERN.format(lam=lam, seed=seed) / "classifier.jsonl"
-            if f.is_file():
-                recs = [json.loads(x) for x in f.read_text().splitlines()]
-                data[f.parent.name] = [r for r in recs if r.get("event") == "classifier_eval"]
+            run = root / PATTERN.format(lam=lam, seed=seed)
+            if (run / "classifier.jsonl").is_file():
+                data[run.name] = classifier_records(run)
     return data
 
 
@@ -40,12 +38,9 @@ def main(argv: list[str]) -> int:
             recs = data.get(PATTERN.format(lam=lam, seed=seed))
             if not recs:
                 continue
-            by_task = {r["task"]: r for r in recs}
-            cells = [f"{by_task[k]['avg_acc']:.3f}" if k in by_task else "-" for k in range(n)]
-            last = by_task[max(by_task)]
-            if max(by_task) == n - 1:
-                finals.setdefault(lam, []).append(last["avg_acc"])
-            per_task = " ".join(f"{a:.3f}" for a in last["acc"])
+            cells, per_task, final = classifier_cells(recs, n)
+            if final is not None:
+                finals.setdefault(lam, []).append(final)
             print(f"| {seed} | {float(lam):g} | " + " | ".join(cells) + f" | {per_task} |")
     for lam, v in finals.items():
         print(f"\nlambda {float(lam):g}: mean final average accuracy {sum(v) / len(v):.3f} over {len(v)} seeds")
