@@ -21,6 +21,23 @@ def read_source(doc: str, collect: Callable[[Path, list[str]], dict], argv: list
     return data
 
 
+def read_labelled(doc: str, collect: Callable[[list[tuple[str, str]]], dict], argv: list[str] | None,
+                  source_help: str) -> dict:
+    """Parse `LABEL=PATH [LABEL=PATH ...] [--dump FILE]` (collect([(label, path), ...]) reads them; the last '='
+    splits, so a label may hold one) or `FILE.json` written by --dump. Returns the data; --dump writes it."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("sources", nargs="+", help=f"{source_help}, or one JSON file written by --dump")
+    ap.add_argument("--dump", type=Path, help="write what was read to this JSON file")
+    args = ap.parse_args(argv)
+    if len(args.sources) == 1 and args.sources[0].endswith(".json"):
+        data = json.loads(Path(args.sources[0]).read_text())
+    else:
+        data = collect([(label, path) for label, _, path in (s.rpartition("=") for s in args.sources)])
+    if args.dump is not None:
+        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
 def read_folder(folder: Path, keep: tuple[str, ...]) -> dict:
     """A run folder's evaluations (the fields in keep) and task ends, from its metrics.jsonl."""
     recs = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]

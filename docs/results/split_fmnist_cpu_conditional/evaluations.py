@@ -9,12 +9,15 @@ With every LABEL written ROW@COLUMN (e.g. "seed 69@guidance 2") the metrics tabl
 column per COLUMN, each cell "fid_fmnist / KLD; mean per-class FID; label accuracy".
 A class's accuracy is marked * after the task that brought its real images (it was trained on data, not on
 replay, in that task), where the file has that task's evaluation and the one before."""
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
+from snapshot import read_labelled  # noqa: E402
 
 KEEP = ("task", "seen_classes", "fid_fmnist", "kld", "class_fid_mean", "label_acc", "label_acc_class",
         "evaluator_sha256")
@@ -34,12 +37,12 @@ def real_accuracy(sha: str) -> list[float]:
     return [float((pred[y == c] == c).mean()) for c in range(10)]
 
 
-def collect(pairs: list[str]) -> dict:
+def collect(pairs: list[tuple[str, str]]) -> dict:
     runs = {}
-    for p in pairs:
-        label, _, path = p.rpartition("=")  # the last '=': a label may hold one ("guidance=2")
+    for label, path in pairs:
         if not label or not Path(path).is_file():
-            raise SystemExit(f"evaluations.py: '{p}' is not LABEL=FILE with FILE a `cldiff evaluate` output")
+            raise SystemExit(f"evaluations.py: '{label}={path}' is not LABEL=FILE with FILE a `cldiff evaluate` "
+                             "output")
         recs = [json.loads(x) for x in Path(path).read_text().splitlines() if x.startswith("{")]
         got = [{k: r[k] for k in KEEP} for r in recs if "label_acc_class" in r]
         runs.setdefault(label, []).extend(got)  # a label may gather several files (tasks evaluated one by one)
@@ -94,16 +97,7 @@ def per_class(data: dict) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("sources", nargs="+", help="LABEL=FILE (`cldiff evaluate` outputs), or one JSON from --dump")
-    ap.add_argument("--dump", type=Path, help="write what was read to this JSON file")
-    args = ap.parse_args(argv)
-    if len(args.sources) == 1 and args.sources[0].endswith(".json"):
-        data = json.loads(Path(args.sources[0]).read_text())
-    else:
-        data = collect(args.sources)
-    if args.dump is not None:
-        args.dump.write_text(json.dumps(data, indent=1) + "\n")
+    data = read_labelled(__doc__, collect, argv, "LABEL=FILE (`cldiff evaluate` outputs)")
     table = pivot if all("@" in label for label in data["runs"]) else metrics
     print(table(data) + "\n\nLabel accuracy per class asked for:\n\n" + per_class(data))
 
