@@ -23,6 +23,7 @@ CLASSIFIER = ["classifier.enabled=true", "classifier.epochs=0.3", "classifier.ba
 # the training recipe (EMA, a cosine learning rate after a warm-up, min-SNR weighting): its state and its
 # step-dependent rates must resume as exactly as the rest
 RECIPE = ["train.ema_decay=0.99", "train.lr_schedule=cosine", "train.warmup_steps=3", "train.loss_weighting=min_snr"]
+FUSED = ["train.fused_adam=true"]  # Adam's fused kernel: its state must resume as exactly as the default's
 
 
 def _cmd(root, out, extra=()):
@@ -84,8 +85,9 @@ def killed_once_then_resumed(root, tmp_path, extra, task=1, step=4):
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp_path):
+    extra = CLASSIFIER + RECIPE + FUSED
     full = tmp_path / "full"
-    r = subprocess.run(_cmd(fake_fmnist, full, CLASSIFIER + RECIPE), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, full, extra), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "killed"
     # kill points: mid task 0, right after task 0 ended, mid task 1
@@ -94,14 +96,14 @@ def test_sigkill_at_several_points_then_resume_is_bit_identical(fake_fmnist, tmp
                    lambda m: m["task"] == 1 and m["step"] == 4]
     kills = 0
     for pred in kill_points:
-        p = subprocess.Popen(_cmd(fake_fmnist, run, CLASSIFIER + RECIPE), stdout=subprocess.DEVNULL,
+        p = subprocess.Popen(_cmd(fake_fmnist, run, extra), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE)
         if _wait_for(run, pred, p):
             p.send_signal(signal.SIGKILL)
             kills += 1
         p.wait()
     assert kills == 3
-    r = subprocess.run(_cmd(fake_fmnist, run, CLASSIFIER + RECIPE), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(fake_fmnist, run, extra), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _assert_same_run(full, run)
 

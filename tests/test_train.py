@@ -283,3 +283,33 @@ def test_a_resumed_run_keeps_its_evaluator_when_a_newer_one_is_cached(fake_fmnis
     fresh = train(cfg, out=str(tmp_path / "fresh"), progress=False, stop_after=1)  # a new run: the newest
     assert [json.loads(x)["evaluator_sha256"] for x in (fresh / "metrics.jsonl").read_text().splitlines()
             if '"eval"' in x] == [newer]
+
+
+def test_fused_adam_trains_as_the_default_adam_and_auto_follows_the_cpu(fake_fmnist, tmp_path, monkeypatch):
+    """train.fused_adam: true steps with Adam's fused kernel (kept in the optimizer state, logged at the start):
+    the same update as torch's default Adam up to float rounding; auto takes it on CPUs with AMX only; other
+    values are refused."""
+    from cldiff.config import ConfigError
+    from cldiff.model import fused_adam_for
+    states = {}
+    for fused in ("false", "true"):
+        cfg = _cfg(fake_fmnist, f"train.fused_adam={fused}", "train.precision=fp32", "eval.enabled=false",
+                   "train.steps_per_task=3", "train.threads=1")
+        run = train(cfg, out=str(tmp_path / fused), progress=False, stop_after=1)
+        meta = list_checkpoints(run)[0]
+        states[fused], _ = load_checkpoint_file(meta["path"], meta)
+        start = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["event"] == "start" and start["fused_adam"] is (fused == "true")
+    assert states["true"]["optimizer"]["param_groups"][0]["fused"] is True
+    assert not states["false"]["optimizer"]["param_groups"][0].get("fused")
+    for fused in ("false", "true"):  # both took the task's 3 steps (Adam moves each weight by about lr a step)
+        assert all(int(s["step"]) == 3 for s in states[fused]["optimizer"]["state"].values())
+    for k, v in states["false"]["model"].items():
+        torch.testing.assert_close(states["true"]["model"][k], v, rtol=1e-5, atol=1e-6)
+    for amx, want in ((True, True), (False, False)):
+        monkeypatch.setattr("cldiff.sysmem.cpu_features", lambda amx=amx: {"model": "x", "amx_bf16": amx,
+                                                                          "avx512_bf16": True})
+        assert fused_adam_for(torch.device("cpu"), "auto") is want
+        assert fused_adam_for(torch.device("cpu"), True) is True and fused_adam_for(torch.device("cpu"), False) is False
+    with pytest.raises(ConfigError, match=r"train\.fused_adam: must be true, false or auto, got 'maybe'"):
+        _cfg(fake_fmnist, "train.fused_adam=maybe")

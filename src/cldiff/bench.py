@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import time
 
+from .sysmem import cpu_features
 from .sysmem import peak_rss_mib as _rss_mib
 
 
@@ -57,25 +58,6 @@ def device_info(device: str) -> dict:
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
         info["cuda"] = torch.version.cuda
     return info
-
-
-def cpu_features(cpuinfo: str | None = None) -> dict:
-    """The CPU's model name and the matrix features that decide bf16 speed (amx_bf16, avx512_bf16), from
-    /proc/cpuinfo (empty where there is none)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
-    model, flags = "", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and not model:
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return {"model": model or "unknown", "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}
 
 
 def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int | None, fused: bool,

@@ -68,6 +68,9 @@ class TrainConfig:
     reset_optimizer: bool = True  # new Adam state at every task, as the paper does
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU supports it) | bf16 | fp32
     attention: str = "auto"  # UNet attention kernel: auto (classic on the CPU, sdpa elsewhere) | classic | sdpa
+    # Adam's fused kernel (one pass over all parameters; the same update up to float rounding): false (torch's
+    # default path) | true | auto (on where it was measured faster: CUDA GPUs and CPUs with AMX, docs/results/bench/)
+    fused_adam: bool | str = False
     micro_batches: int = 1  # forward/backward the student batch in this many slices: same gradients, less memory
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (null: torch's default)
@@ -220,6 +223,8 @@ def _check_ranges(cfg: Config, problems: list[str]) -> None:
     need(t.lr > 0, f"train.lr: must be > 0, got {t.lr}")
     need(t.grad_clip >= 0, f"train.grad_clip: must be >= 0 (0 disables), got {t.grad_clip}")
     need(t.precision in ("auto", "bf16", "fp32"), f"train.precision: must be auto, bf16 or fp32, got {t.precision!r}")
+    need(t.fused_adam in (True, False, "auto"),
+         f"train.fused_adam: must be true, false or auto, got {t.fused_adam!r}")
     need(t.attention in ("auto", "classic", "sdpa"), f"train.attention: must be auto, classic or sdpa, got {t.attention!r}")
     need(isinstance(t.micro_batches, int) and t.micro_batches >= 1,
          f"train.micro_batches: must be an integer >= 1 (1: the whole batch at once), got {t.micro_batches!r}")

@@ -200,6 +200,15 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
+def fused_adam_for(device: torch.device, setting: bool | str = False) -> bool:
+    """Whether Adam takes its fused kernel (train.fused_adam): as set, or with "auto" on CUDA GPUs and on CPUs with
+    AMX, where it was measured faster (docs/results/bench/); off on other CPUs, where it was not."""
+    if setting != "auto":
+        return bool(setting)
+    from .sysmem import cpu_features
+    return device.type == "cuda" or (device.type == "cpu" and cpu_features()["amx_bf16"])
+
+
 def autocast_for(device: torch.device, precision: str = "auto"):
     """A zero-argument factory of the autocast context for this device and precision."""
     use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(device))

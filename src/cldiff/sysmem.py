@@ -1,4 +1,5 @@
-"""Resident memory of this process: its peak, and giving freed memory back to the operating system.
+"""What this machine has and how busy it is: resident memory of this process (its peak, and giving freed memory
+back to the operating system), the cores other work keeps busy, and the CPU's matrix features.
 
 PyTorch's CPU tensors come from the C library's malloc. glibc keeps freed blocks in its heaps for reuse, and
 after a large block is freed it raises its mmap threshold so later large blocks come from the heap too. A
@@ -101,3 +102,22 @@ def busy_cores_warning(threads: int, busy: float | None = None, cores: int | Non
             f"make the runs slow each other down many times over (OpenMP threads spin against each other). Give "
             f"each run its share: --set train.threads={free} (or set it in the config), or start this run when "
             "the other ends.")
+
+
+def cpu_features(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and the matrix features that decide bf16 speed (amx_bf16, avx512_bf16), from
+    /proc/cpuinfo (empty where there is none)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            cpuinfo = ""
+    model, flags = "", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not model:
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return {"model": model or "unknown", "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags}

@@ -36,8 +36,8 @@ from .runfolder import (MetricsLog, NullLog, RunError, RunInUse, RunLock, normal
 from .config import EXECUTION_ONLY, Config
 from .data import ContinualData, save_grid
 from .dist import DistEnv, setup as dist_setup, teardown as dist_teardown, wrap as dist_wrap
-from .model import (EpsModel, NoiseSchedule, autocast_for, ddim_sample, drop_labels, frozen_copy, model_classes,
-                    resolve_device)
+from .model import (EpsModel, NoiseSchedule, autocast_for, ddim_sample, drop_labels, frozen_copy, fused_adam_for,
+                    model_classes, resolve_device)
 from .recipe import EMA, lr_at
 from .strategies import StepContext, TaskContext, build_strategy
 from .sysmem import busy_cores_warning, peak_rss_mib, release_memory
@@ -235,6 +235,7 @@ class Run:
                 print(busy, file=sys.stderr)
         self.autocast = autocast_for(device, cfg.train.precision)
         self.precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16"
+        self.fused_adam = fused_adam_for(device, cfg.train.fused_adam)
         self.data = ContinualData.from_config(cfg)
         torch.manual_seed(cfg.seed)
         self.model = EpsModel(cfg.model.preset, self.data.spec.channels, cfg.data.image_size,
@@ -270,7 +271,8 @@ class Run:
 
     def write_header(self) -> None:
         self.log.write({"event": "start", "task": -1, "config_digest": self.cfg.digest(), "device": str(self.device),
-                        "precision": self.precision, "params": sum(p.numel() for p in self.model.parameters()),
+                        "precision": self.precision, "fused_adam": self.fused_adam,
+                        "params": sum(p.numel() for p in self.model.parameters()),
                         "tasks": [list(t) for t in self.data.tasks]})
 
     def _load_state(self, state: dict) -> None:
@@ -318,13 +320,15 @@ class Run:
         """Adam over the model at train.lr; a conditional model's label embedding in a group of its own at
         model.label_lr_scale times the rate (the group's ``lr_scale``, kept by the schedule) when that is not 1."""
         cfg = self.cfg
+        kw = {"fused": True} if self.fused_adam else {}  # unset otherwise: torch's default path, as before the option
         scale = cfg.model.label_lr_scale
         if scale == 1 or not self.model.conditional:
-            return torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr)
+            return torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr, **kw)
         label = self.model.unet.class_embedding.weight
         rest = [p for p in self.model.parameters() if p is not label]
         return torch.optim.Adam([{"params": rest, "lr_scale": 1.0},
-                                 {"params": [label], "lr": cfg.train.lr * scale, "lr_scale": scale}], lr=cfg.train.lr)
+                                 {"params": [label], "lr": cfg.train.lr * scale, "lr_scale": scale}], lr=cfg.train.lr,
+                                **kw)
 
     def share_first_task(self) -> None:
         """Start from another run's task 0 (train.init_from), checked to be the same computation."""
