@@ -380,9 +380,9 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
     out.update({"class_fid": per, "class_fid_mean": float(np.mean(have)) if have else None,
                 "classes_missing": len(per) - len(have), "class_source": "label" if labels is not None else "predicted"})
     if labels is not None:
-        hit, lab = np.asarray(preds) == np.asarray(labels), np.asarray(labels)
+        hit = np.asarray(preds) == group  # group: the labels asked for
         out["label_acc"] = float(hit.mean())
-        out["label_acc_class"] = {str(c): float(hit[lab == c].mean()) if (lab == c).any() else None
+        out["label_acc_class"] = {str(c): float(hit[group == c].mean()) if (group == c).any() else None
                                   for c in sorted(int(c) for c in classes)}
     return out
 
