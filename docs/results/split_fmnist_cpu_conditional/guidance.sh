@@ -21,9 +21,11 @@ ev() {  # RUN TASK SCALE
 for g in 1 1.5 2 3 4; do  # the scale's choice: three checkpoints of two seeds
   ev gd_init0.1_seed69 0 "$g"; ev gd_init0.1_seed69 4 "$g"; ev gd_init0.1_seed1714 0 "$g"
 done
+ev gd_init0.1_seed42 0 1.5; ev gd_init0.1_seed42 0 1  # seed 42's task 0 (the scale was chosen without it)
 for k in 1 2 3 4; do for g in 1 1.5; do  # every task at the scale chosen, and at 1 (the runs' own)
   ev gd_init0.1_seed69 "$k" "$g"; ev gr_init0.1_seed69 "$k" "$g"
   ev gd_init0.1_seed1714 "$k" "$g"; ev gr_init0.1_seed1714 "$k" "$g"; ev gd_init0.1_tg2_seed69 "$k" "$g"
+  ev gd_init0.1_seed42 "$k" "$g"; ev gr_init0.1_seed42 "$k" "$g"
 done; done
 for g in 2 3; do ev gr_init0.1_seed69 4 "$g"; done
 labels=()
