@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # docs/results: the shared snapshot helper
-from snapshot import classifier_records, read_source  # noqa: E402
+from snapshot import classifier_cells, classifier_records, read_folder, read_source  # noqa: E402
 
 LAST = 4  # the 5th task
 UNCOND = "split_fmnist_cpu/fashion_mnist_generative_distillation_lam{lam}_teacher_steps2_small_seed{seed}"
@@ -32,9 +32,8 @@ KEEP = ("task", "fid_fmnist", "kld", "class_fid_mean", "label_acc", "evaluator_s
 def final_eval(folder: Path, guidance: str | None) -> dict | None:
     """The evaluation after the last task: the run's own (metrics.jsonl) or guidance.sh's file at that scale."""
     if guidance is None:
-        f = folder / "metrics.jsonl"
-        lines = f.read_text().splitlines() if f.is_file() else []
-        recs = [r for r in map(json.loads, lines) if r.get("event") == "eval" and r.get("task") == LAST]
+        evals = read_folder(folder, KEEP)["evals"] if (folder / "metrics.jsonl").is_file() else []
+        recs = [r for r in evals if r.get("task") == LAST]
     else:
         f = folder.parent / "evaluate" / f"{folder.name}_task{LAST}_g{guidance}.jsonl"
         lines = f.read_text().splitlines() if f.is_file() else []
@@ -43,8 +42,8 @@ def final_eval(folder: Path, guidance: str | None) -> dict | None:
 
 
 def final_classifier(folder: Path) -> float | None:
-    recs = [r for r in classifier_records(folder) if r["task"] == LAST]
-    return recs[-1]["avg_acc"] if recs else None
+    recs = classifier_records(folder)
+    return classifier_cells(recs, LAST + 1)[2] if recs else None
 
 
 def collect(root: Path, seeds: list[str]) -> dict:
