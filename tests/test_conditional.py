@@ -184,6 +184,13 @@ def test_per_class_fid_is_small_for_the_right_class_and_large_for_another(fake_f
     assert only0["class_source"] == "predicted" and only0["classes_missing"] == 1
     assert only0["class_fid"]["1"] is None and only0["class_fid_mean"] == pytest.approx(only0["class_fid"]["0"])
     assert "label_acc" not in only0 and "label_acc_class" not in only0
+    assert "class_fid_pred" not in only0
+    # a conditional model's samples grouped by predicted class as well: the swapped labels change the per-label
+    # figures but not the per-prediction ones, which equal the unconditional grouping of the same images
+    unlabelled = score_samples(torch.cat([x1[:n], x0[:n]]), ev, "fashion_mnist", [0, 1], data=data)
+    assert swapped["class_fid_pred"] == pytest.approx(unlabelled["class_fid"])
+    assert swapped["class_fid_pred_mean"] == pytest.approx(unlabelled["class_fid_mean"])
+    assert swapped["class_fid_pred_mean"] * 5 < swapped["class_fid_mean"]
 
 
 def _cond_run(fake_fmnist, extra=()):

@@ -356,7 +356,10 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
     have fewer than MIN_CLASS_SAMPLES (``classes_missing``). A sample's class is its label when ``labels`` are
     given (a conditional model's requested classes; then ``label_acc``, the share of samples the evaluator
     puts in the class asked for, is reported too, and ``label_acc_class``, that share among the samples asked
-    for each class c, None for a class asked for by no sample), else the evaluator's predicted class.
+    for each class c, None for a class asked for by no sample), else the evaluator's predicted class. With
+    labels, ``class_fid_pred`` and ``class_fid_pred_mean`` are the same figures with the samples grouped by the
+    evaluator's predicted class, as an unconditional model's are: the like-for-like comparison between the two
+    kinds of model (grouped by label, a sample drawn as another class counts against the class asked for).
     """
     # the real statistics are always those of the 32x32 test images (a 28x28 run's data, resized like all data)
     data = data.at_size(EVAL_SIZE) if data is not None else None
@@ -368,6 +371,23 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
            "n_samples": len(feats), "seen_classes": sorted(int(c) for c in classes),
            "evaluator_sha256": evaluator.sha256[:16]}
     group = np.asarray(labels) if labels is not None else np.asarray(preds)
+    per, mean = _class_fids(feats, group, evaluator, dataset, classes, data)
+    out.update({"class_fid": per, "class_fid_mean": mean, "classes_missing": sum(v is None for v in per.values()),
+                "class_source": "label" if labels is not None else "predicted"})
+    if labels is not None:
+        out["class_fid_pred"], out["class_fid_pred_mean"] = _class_fids(feats, np.asarray(preds), evaluator,
+                                                                        dataset, classes, data)
+        hit = np.asarray(preds) == group  # group: the labels asked for
+        out["label_acc"] = float(hit.mean())
+        out["label_acc_class"] = {str(c): float(hit[group == c].mean()) if (group == c).any() else None
+                                  for c in sorted(int(c) for c in classes)}
+    return out
+
+
+def _class_fids(feats: np.ndarray, group: np.ndarray, evaluator: Evaluator, dataset: str, classes,
+                data) -> tuple[dict, float | None]:
+    """Per class c of ``classes``: the FID of the samples whose group is c against the test images of class c
+    (None below MIN_CLASS_SAMPLES samples), and the mean over the classes scored (None if none is)."""
     per = {}
     for c in sorted(int(c) for c in classes):
         m = group == c
@@ -377,14 +397,7 @@ def score_features(feats: np.ndarray, preds: np.ndarray, evaluator: Evaluator, d
         mu_c, sig_c, _ = real_stats(evaluator, dataset, "test", [c], data=data)
         per[str(c)] = frechet_distance(*feature_stats(feats[m]), mu_c, sig_c)
     have = [v for v in per.values() if v is not None]
-    out.update({"class_fid": per, "class_fid_mean": float(np.mean(have)) if have else None,
-                "classes_missing": len(per) - len(have), "class_source": "label" if labels is not None else "predicted"})
-    if labels is not None:
-        hit = np.asarray(preds) == group  # group: the labels asked for
-        out["label_acc"] = float(hit.mean())
-        out["label_acc_class"] = {str(c): float(hit[group == c].mean()) if (group == c).any() else None
-                                  for c in sorted(int(c) for c in classes)}
-    return out
+    return per, float(np.mean(have)) if have else None
 
 
 def inception_fid(real: torch.Tensor, fake: torch.Tensor, weights_path: str | Path) -> float:
