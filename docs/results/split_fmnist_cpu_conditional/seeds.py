@@ -4,7 +4,11 @@
 The first form reads the run folders under the sweeps folder: the unconditional GD runs of split_fmnist_cpu/
 (lambda 1, the conditional runs' lambda, and 0.75, the `cpu` preset's), and run.sh's conditional GD and GR in
 split_fmnist_cpu_conditional_labels/, their own evaluation at guidance 1 and guidance.sh's at 1.5
-(evaluate/RUN_task4_g1.5.jsonl). A seed is read as far as its runs have got; a missing cell prints "-".
+(evaluate/RUN_task4_g1.5.jsonl). A seed is read as far as its runs have got; a missing cell prints "-". Per-class FID
+groups a conditional model's samples by the class asked for, an unconditional model's by the evaluator's
+predicted class; the targets table also divides the conditional samples grouped by predicted class
+(class_fid_pred_mean, in evaluations made since it exists), like for like. The
+targets table adds the mean over the seeds (of the per-seed ratios and differences; "-" unless every seed has one).
 The classifier column is the final average accuracy of `cldiff classify` in each folder (soft targets; "hard, g2"
 is the copy folder RUN_hard_g2 of COMMAND.md). Every figure must come from one evaluator: the script stops
 if the folders were scored by several."""
@@ -26,7 +30,7 @@ ROWS = {  # label -> (folder pattern, fields for pattern, guidance scale or None
     "GR, conditional, guidance 1": (COND, {"run": "gr"}, None),
     "GR, conditional, guidance 1.5": (COND, {"run": "gr"}, "1.5"),
 }
-KEEP = ("task", "fid_fmnist", "kld", "class_fid_mean", "label_acc", "evaluator_sha256")
+KEEP = ("task", "fid_fmnist", "kld", "class_fid_mean", "class_fid_pred_mean", "label_acc", "evaluator_sha256")
 
 
 def final_eval(folder: Path, guidance: str | None) -> dict | None:
@@ -93,7 +97,14 @@ def targets(rows: dict) -> dict:
         "class_fid_gd_1.5_over_uncond_lam1": ratio(gd15, un1["eval"], "class_fid_mean"),
         "class_fid_gd_1.5_over_uncond_lam0.75": ratio(gd15, un075["eval"], "class_fid_mean"),
         "class_fid_gd_1_over_uncond_lam1": ratio(gd1, un1["eval"], "class_fid_mean"),
+        # like for like: the conditional samples grouped by the evaluator's predicted class, as unconditional GD's
+        "class_fid_pred_gd_1.5_over_uncond_lam1": (gd15["class_fid_pred_mean"] / un1["eval"]["class_fid_mean"]
+                                                   if gd15 and un1["eval"] and gd15.get("class_fid_pred_mean")
+                                                   else None),
         "class_fid_gr_over_gd_1.5": ratio(gr15, gd15, "class_fid_mean"),
+        "class_fid_pred_gr_over_gd_1.5": (ratio(gr15, gd15, "class_fid_pred_mean")
+                                          if gr15 and gd15 and gr15.get("class_fid_pred_mean")
+                                          and gd15.get("class_fid_pred_mean") else None),
         "classifier_cond_minus_uncond_lam1": (cond_clf - un1["classifier"]
                                               if cond_clf is not None and un1["classifier"] is not None else None),
     }
@@ -117,21 +128,30 @@ def main(argv: list[str]) -> int:
           + " | ".join(fmt(data[s]["GD, conditional, guidance 1"].get("classifier_hard_g2"), ".3f") for s in seeds)
           + " |")
     print("\n#20's targets, seed by seed:\n")
-    print("| target | " + " | ".join(f"seed {s}" for s in seeds) + " |")
-    print("|---|" + "---|" * len(seeds))
+    print("| target | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+    print("|---|" + "---|" * (len(seeds) + 1))
     checks = [
         ("conditional GD's KLD at guidance 1.5 (<= 0.1)", "kld_gd_1.5", ".3f"),
         ("its mean per-class FID / unconditional GD's, lambda 1 (<= 0.5)", "class_fid_gd_1.5_over_uncond_lam1", ".3f"),
         ("... / unconditional GD's, lambda 0.75", "class_fid_gd_1.5_over_uncond_lam0.75", ".3f"),
         ("the same at guidance 1, against lambda 1", "class_fid_gd_1_over_uncond_lam1", ".3f"),
+        ("at 1.5, conditional samples grouped by predicted class, against lambda 1",
+         "class_fid_pred_gd_1.5_over_uncond_lam1", ".3f"),
         ("conditional GR's mean per-class FID / GD's, both at 1.5 (>= 3)", "class_fid_gr_over_gd_1.5", ".2f"),
+        ("the same, both grouped by predicted class", "class_fid_pred_gr_over_gd_1.5", ".2f"),
         ("classifier: conditional GD soft minus unconditional lambda 1 (> 0)", "classifier_cond_minus_uncond_lam1",
          "+.3f"),
     ]
     t = {s: targets(data[s]) for s in seeds}
     for name, key, spec in checks:
-        print(f"| {name} | " + " | ".join(fmt(t[s][key], spec) for s in seeds) + " |")
+        print(f"| {name} | " + " | ".join(fmt(t[s][key], spec) for s in seeds) + f" | {fmt(mean(t, key), spec)} |")
     return 0
+
+
+def mean(t: dict, key: str) -> float | None:
+    """The mean over the seeds of one target's figure; None unless every seed has it."""
+    xs = [v[key] for v in t.values()]
+    return None if any(x is None for x in xs) else sum(xs) / len(xs)
 
 
 if __name__ == "__main__":
