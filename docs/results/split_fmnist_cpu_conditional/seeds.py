@@ -77,8 +77,11 @@ def cell(e: dict | None) -> str:
     return f"{e['fid_fmnist']:.1f} / {e['kld']:.3f}; {e['class_fid_mean']:.1f}{acc}"
 
 
-def ratio(a: dict | None, b: dict | None, key: str) -> float | None:
-    return a[key] / b[key] if a and b else None
+def ratio(a: dict | None, b: dict | None, key: str, key_b: str | None = None) -> float | None:
+    """a[key] / b[key_b or key]; None where either evaluation or figure is missing (older evaluations lack
+    class_fid_pred_mean)."""
+    x, y = (a or {}).get(key), (b or {}).get(key_b or key)
+    return x / y if x and y else None
 
 
 def fmt(x: float | None, spec: str = ".2f") -> str:
@@ -98,13 +101,9 @@ def targets(rows: dict) -> dict:
         "class_fid_gd_1.5_over_uncond_lam0.75": ratio(gd15, un075["eval"], "class_fid_mean"),
         "class_fid_gd_1_over_uncond_lam1": ratio(gd1, un1["eval"], "class_fid_mean"),
         # like for like: the conditional samples grouped by the evaluator's predicted class, as unconditional GD's
-        "class_fid_pred_gd_1.5_over_uncond_lam1": (gd15["class_fid_pred_mean"] / un1["eval"]["class_fid_mean"]
-                                                   if gd15 and un1["eval"] and gd15.get("class_fid_pred_mean")
-                                                   else None),
+        "class_fid_pred_gd_1.5_over_uncond_lam1": ratio(gd15, un1["eval"], "class_fid_pred_mean", "class_fid_mean"),
         "class_fid_gr_over_gd_1.5": ratio(gr15, gd15, "class_fid_mean"),
-        "class_fid_pred_gr_over_gd_1.5": (ratio(gr15, gd15, "class_fid_pred_mean")
-                                          if gr15 and gd15 and gr15.get("class_fid_pred_mean")
-                                          and gd15.get("class_fid_pred_mean") else None),
+        "class_fid_pred_gr_over_gd_1.5": ratio(gr15, gd15, "class_fid_pred_mean"),
         "classifier_cond_minus_uncond_lam1": (cond_clf - un1["classifier"]
                                               if cond_clf is not None and un1["classifier"] is not None else None),
     }
