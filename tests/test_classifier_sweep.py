@@ -181,10 +181,13 @@ def test_interrupted_run_stops_a_sequential_sweep(fake_fmnist, tmp_path, monkeyp
 
 
 @pytest.mark.slow  # about half a minute: two runs in their own processes, interrupted
-def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
-    """A parallel sweep started in the background ignores SIGINT; its runs do not. Interrupted runs write a
-    checkpoint, and the sweep starts no further run and exits with 130 (before, it counted them as failed and
-    started the next runs)."""
+@pytest.mark.parametrize("target", ["runs", "SIGINT", "SIGTERM", "SIGKILL"])
+def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path, target):
+    """A parallel sweep, started as `cmd &` in a script would be (SIGINT ignored), stops cleanly however it is
+    signalled: a SIGINT to its runs alone ("runs"); a SIGINT or SIGTERM to its parent process alone, which passes
+    it on to the runs (before, the runs went on training, and a SIGTERM left them behind the dead parent); or a
+    SIGKILL of the parent, after which the runs stop on their own (Linux). Every run writes a checkpoint inside its
+    task and ends, the sweep starts no further run, and its parent exits with 130 (but for SIGKILL)."""
     import os
     import signal
     import subprocess
@@ -204,6 +207,14 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
     p = subprocess.Popen([sys.executable, "-m", "cldiff", "sweep", str(sw), "--jobs", "2"], preexec_fn=ignore_sigint,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = []
+
+    def alive(pid):  # not ended: a zombie that nobody reaps has ended too
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
     try:
         t0 = time.time()
         logs = lambda: [m for m in out.glob("*/metrics.jsonl") if '"train"' in m.read_text()]  # noqa: E731
@@ -212,21 +223,32 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path):
             time.sleep(0.2)
         runs = [c for c in child_pids(p.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(runs) == 2
-        for pid in runs:  # as `kill -INT -- -PGID` would, but the sweep's parent ignores it
-            os.kill(pid, signal.SIGINT)
+        if target == "runs":
+            for pid in runs:
+                os.kill(pid, signal.SIGINT)
+        else:
+            os.kill(p.pid, getattr(signal, target))
         _, err = p.communicate(timeout=240)
+        while any(map(alive, runs)):
+            assert time.time() - t0 < 300, "the runs went on after their sweep was killed"
+            time.sleep(0.2)
     finally:  # a failing test leaves no run behind
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in [p.pid, *runs]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         p.wait()
-    assert p.returncode == 130, err[-2000:]
-    assert "sweep interrupted" in err
+    if target == "SIGKILL":
+        assert p.returncode == -signal.SIGKILL
+    else:
+        assert p.returncode == 130, err[-2000:]
+        assert "sweep interrupted" in err
     folders = sorted(d for d in out.iterdir() if d.is_dir() and d.name != "report")
     assert len(folders) == 2  # the third run was never started
     for d in folders:
         assert any(not m.get("complete", True) for m in list_checkpoints(d)), f"{d}: no mid-task checkpoint"
+        assert "interrupted at task 0" in Path(f"{d}.log").read_text()  # one SIGINT each: a checkpoint, not a quit
 
 
 def test_sweep_starts_new_runs_from_a_task_0_that_exists_whatever_the_order(fake_fmnist, tmp_path):

@@ -219,10 +219,16 @@ _STOPPED = "sweep interrupted: the running runs wrote a checkpoint and stopped; 
 INTERRUPTED_EXIT = 130  # a parallel sweep's run that was interrupted (it wrote a checkpoint)
 
 
-def _child(cfg_dict: dict, out: str, log: str) -> None:
+def _child(cfg_dict: dict, out: str, log: str, parent: int) -> None:
     """One run of a parallel sweep, in its own process; its output goes to ``log``. Interrupted (SIGINT): it
-    writes a checkpoint and exits with INTERRUPTED_EXIT, which stops the sweep."""
+    writes a checkpoint and exits with INTERRUPTED_EXIT, which stops the sweep; a second SIGINT stops it at once
+    (its last checkpoint stays), with the same status. It runs in its own process group, so that a Ctrl-C reaches
+    it once, through the sweep's parent (_run_parallel), not also straight from the terminal; on Linux it gets a
+    SIGINT if the parent dies, so that no run goes on alone."""
     import os
+    import signal
+    os.setpgrp()
+    _interrupt_when_parent_dies(parent)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -234,9 +240,30 @@ def _child(cfg_dict: dict, out: str, log: str) -> None:
     except Interrupted as e:
         print(f"cldiff: {e}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT)
+    except KeyboardInterrupt:  # the second SIGINT, or one before train() took over the signal
+        print("cldiff: stopped at once; the run resumes from its last checkpoint", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT)
     except RunError as e:  # a cause the user can fix (e.g. the folder in use): the message, not a traceback
         print(f"cldiff: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late forwarded signal must not turn the exit into a trace
+
+
+def _interrupt_when_parent_dies(parent: int) -> None:
+    """Linux: ask the kernel to send this process SIGINT when its parent ends (prctl PR_SET_PDEATHSIG), and send
+    it now if the parent has already gone. Elsewhere nothing (a killed sweep's runs then finish on their own)."""
+    import os
+    import signal
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGINT), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | None = None,
@@ -245,9 +272,12 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | No
     sets it). With task-0 sharing, a run of each seed that has its task 0 already, else the seed's first run,
     is the source: the seed's other new runs start from its task-0 checkpoint as soon as that exists (if that run
     fails, they train their own task 0).
-    Each run's output goes to ``<run folder>.log``. Ctrl-C: every running run writes a checkpoint and stops."""
+    Each run's output goes to ``<run folder>.log``. Ctrl-C, or SIGINT or SIGTERM to this process alone: every
+    running run writes a checkpoint and stops, and no further run starts; a second one stops them at once."""
     import multiprocessing as mp
     import os
+    import signal
+    import threading
     import time
 
     from .evaluate import get_evaluator
@@ -270,14 +300,30 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | No
         get_evaluator(data[0], root=data[1])  # cached once here, not trained by several runs at once
     ctx = mp.get_context("spawn")
     running, failed, broken, interrupted = {}, [], set(), False
+    signals, passed_on = [], 0  # SIGINT and SIGTERM received, and how many of them the runs were sent
+
+    # installed even where SIGINT was ignored (a sweep started with `&` in a script): the runs never ignored it
+    # before they had their own process group, and `kill -INT` must still stop the sweep
+    previous = ({s: signal.signal(s, lambda signum, frame: signals.append(signum))
+                 for s in (signal.SIGINT, signal.SIGTERM)}
+                if threading.current_thread() is threading.main_thread() else {})
     try:
         while todo or running:
+            while passed_on < len(signals):  # each signal once to every run: the first checkpoints, a second quits
+                if not passed_on:
+                    print(f"sweep: {signal.Signals(signals[0]).name}: the running runs write a checkpoint and stop "
+                          "(again: at once)", file=sys.stderr)
+                todo.clear()
+                for _, p in running.values():
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGINT)
+                passed_on += 1
             for key, (r, p) in list(running.items()):
                 if not p.is_alive():
                     p.join()
                     del running[key]
-                    if p.exitcode == INTERRUPTED_EXIT:  # a run was interrupted (the sweep's parent may not see
-                        interrupted = True              # the signal: started in the background, it ignores it)
+                    if p.exitcode == INTERRUPTED_EXIT:  # a run was interrupted (passed on from here, or a SIGINT
+                        interrupted = True              # sent to the run alone)
                         todo.clear()
                         print(f"run {r.out}: interrupted; checkpoint written", file=sys.stderr)
                     elif p.exitcode != 0:
@@ -287,7 +333,7 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | No
                     else:
                         print(f"run {r.out}: done", file=sys.stderr)
             for item in list(todo):
-                if len(running) >= jobs:
+                if len(running) >= jobs or len(signals) > passed_on:  # a signal came: pass it on first
                     break
                 r, src = item
                 if src is not None and src.out not in broken and not _has_task0(src.out):
@@ -296,19 +342,18 @@ def _run_parallel(runs: list[PlannedRun], share: bool, jobs: int, out: Path | No
                     r.cfg.train.init_from = str(src.out)
                 todo.remove(item)
                 r.out.parent.mkdir(parents=True, exist_ok=True)
-                p = ctx.Process(target=_child, args=(r.cfg.to_dict(), str(r.out), f"{r.out}.log"), daemon=False)
+                p = ctx.Process(target=_child, args=(r.cfg.to_dict(), str(r.out), f"{r.out}.log", os.getpid()),
+                                daemon=False)
                 p.start()
                 running[r.out] = (r, p)
                 print(f"run {r.out}: started ({r.cfg.train.threads or 'default'} threads, log {r.out}.log)",
                       file=sys.stderr)
-            if interrupted and not running:
+            if (interrupted or signals) and not running:
                 raise Interrupted(_STOPPED)
             if todo and not running:  # every waiting run's task-0 source has ended without a task 0: cannot happen
                 raise RuntimeError(f"sweep: {len(todo)} run(s) wait for a task 0 that no run is training")
             time.sleep(poll_s)
-    except KeyboardInterrupt:
-        print(_STOPPED, file=sys.stderr)
-        for _, p in running.values():
-            p.join()
-        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return failed
