@@ -9,13 +9,21 @@ from typing import Callable
 
 def read_source(doc: str, collect: Callable[[Path, list[str]], dict], argv: list[str], source_help: str) -> dict:
     """Parse `SOURCE [SEED ...] [--dump FILE]`: SOURCE a folder (collect(SOURCE, seeds) reads it) or a JSON file
-    written by --dump. Returns the data; --dump writes what was read to FILE."""
+    written by --dump; after a JSON file, more JSON files instead of seeds, merged into one (a key of a later file
+    replaces the earlier one's). Returns the data; --dump writes what was read to FILE."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
-    ap.add_argument("source", type=Path, help=f"{source_help}, or a JSON file written by --dump")
-    ap.add_argument("seeds", nargs="*", help="seeds to read from the run folders")
+    ap.add_argument("source", type=Path, help=f"{source_help}, or JSON files written by --dump")
+    ap.add_argument("seeds", nargs="*", help="seeds to read from the run folders (or more JSON files)")
     ap.add_argument("--dump", type=Path, help="write what was read from the folders to this JSON file")
     args = ap.parse_args(argv)
-    data = json.loads(args.source.read_text()) if args.source.suffix == ".json" else collect(args.source, args.seeds)
+    if args.source.suffix == ".json":
+        data = {}
+        for f in [args.source, *map(Path, args.seeds)]:
+            if f.suffix != ".json":
+                ap.error(f"after a JSON file give only JSON files, not {f}")
+            data.update(json.loads(f.read_text()))
+    else:
+        data = collect(args.source, args.seeds)
     if args.dump is not None:
         args.dump.write_text(json.dumps(data, indent=1) + "\n")
     return data
