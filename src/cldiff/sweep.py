@@ -247,7 +247,7 @@ def _child(cfg_dict: dict, out: str, log: str, parent: int) -> None:
         print(f"cldiff: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late forwarded signal must not turn the exit into a trace
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a late forwarded signal must not turn the exit into a traceback
 
 
 def _interrupt_when_parent_dies(parent: int) -> None:
