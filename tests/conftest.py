@@ -73,6 +73,14 @@ def smoke_overrides(data_root: Path) -> list[str]:
     return [f"data.root={data_root}", "data.verify=false"]
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` has not ended (from /proc): a zombie that nobody reaps has ended too."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def child_pids(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc), sorted."""
     out = []

@@ -10,7 +10,7 @@ from cldiff.config import ClassifierConfig, load_config
 from cldiff.data import ContinualData
 from cldiff.model import EpsModel, NoiseSchedule
 
-from conftest import CONFIGS, child_pids, smoke_overrides
+from conftest import CONFIGS, child_pids, pid_alive, smoke_overrides
 
 
 def test_kd_directions():
@@ -208,13 +208,6 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path, target):
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     runs = []
-
-    def alive(pid):  # not ended: a zombie that nobody reaps has ended too
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except OSError:
-            return False
-
     try:
         t0 = time.time()
         logs = lambda: [m for m in out.glob("*/metrics.jsonl") if '"train"' in m.read_text()]  # noqa: E731
@@ -229,7 +222,7 @@ def test_interrupted_run_stops_a_parallel_sweep(fake_fmnist, tmp_path, target):
         else:
             os.kill(p.pid, getattr(signal, target))
         _, err = p.communicate(timeout=240)
-        while any(map(alive, runs)):
+        while any(map(pid_alive, runs)):
             assert time.time() - t0 < 300, "the runs went on after their sweep was killed"
             time.sleep(0.2)
     finally:  # a failing test leaves no run behind

@@ -12,7 +12,7 @@ import torch
 
 from cldiff.checkpoint import list_checkpoints, load_latest
 
-from conftest import CONFIGS, child_pids, smoke_overrides
+from conftest import CONFIGS, child_pids, pid_alive, smoke_overrides
 
 SMOKE = CONFIGS / "split_fmnist" / "smoke.yaml"
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -41,14 +41,6 @@ def fmnist_evaluator():
         net, info = train_evaluator("synthetic", epochs=1, verbose=False, max_train=300)
         path = save_evaluator(net, {**info, "dataset": "fashion_mnist"})
     return load_evaluator(path)
-
-
-def _alive(pid):
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
 
 
 def _env():
@@ -113,7 +105,7 @@ def test_two_ranks_killed_and_resumed_equal_uninterrupted(fake_fmnist, tmp_path,
     assert len(ranks) == 2
     os.kill(ranks[-1], signal.SIGKILL)  # one rank dies mid task 1: torchrun stops the other and fails
     assert p.wait(timeout=120) != 0
-    assert not any(_alive(r) for r in ranks)
+    assert not any(pid_alive(r) for r in ranks)
     r = subprocess.run(cmd(run), capture_output=True, text=True, timeout=400, env=_env())
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming" in r.stderr

@@ -57,14 +57,15 @@ def main(argv: list[str]) -> int:
             cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(N_TASKS)]
             teacher = sum(t["teacher_image_forwards"] for t in later)
             student = sum(t["student_images"] for t in later)
+            compute = compute_of(later)
             secs = [t["train_s"] for t in later]
             span = f"{min(secs):.0f}-{max(secs):.0f}" if secs else "-"
             sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()}))
             print(f"| {seed} | {label} | " + " | ".join(cells)
-                  + f" | {teacher:,} | {student:,} | {compute_of(later):,} | {span} | {sha} |")
+                  + f" | {teacher:,} | {student:,} | {compute:,} | {span} | {sha} |")
             if N_TASKS - 1 in ev:
                 last = ev[N_TASKS - 1]
-                final[label].append((seed, last["fid_fmnist"], last["kld"], compute_of(later)))
+                final[label].append((seed, last["fid_fmnist"], last["kld"], compute))
     print(f"\n| strategy | seeds | mean after task {N_TASKS - 1} | compute, tasks 1-4 |\n|---|---|---|---|")
     for label, rows in final.items():
         if rows:
