@@ -6,7 +6,7 @@ import torch
 import yaml
 
 from cldiff.classifier import ContinualClassifier, forgetting, kd_loss
-from cldiff.config import ClassifierConfig, load_config
+from cldiff.config import ClassifierConfig, ConfigError, load_config
 from cldiff.data import ContinualData
 from cldiff.model import EpsModel, NoiseSchedule
 
@@ -109,6 +109,17 @@ def test_sweep_expands_grid_and_skips_finished_runs(fake_fmnist, tmp_path, monke
     monkeypatch.setattr("cldiff.train.train", lambda *a, **k: calls.append(1))
     sweep.run_sweep(sw, progress=False)
     assert calls == []  # everything finished: nothing rerun
+    # the sweep's own `set` is not in the folder names: changed, the finished runs are not this sweep's results
+    report = (tmp_path / "out" / "report" / "report.md").stat().st_mtime_ns
+    spec = yaml.safe_load(sw.read_text())
+    spec["set"]["train.steps_per_task"] = 3
+    sw.write_text(yaml.safe_dump(spec))
+    for dry_run in (True, False):
+        with pytest.raises(ConfigError, match=r"holds a run made with other settings \(train.steps_per_task "
+                                              r"\(run: 2, yours: 3\)\)") as e:
+            sweep.run_sweep(sw, dry_run=dry_run, progress=False)
+        assert len(e.value.problems) == 6  # every folder named, all at once
+    assert calls == [] and (tmp_path / "out" / "report" / "report.md").stat().st_mtime_ns == report  # not rewritten
 
 
 @pytest.mark.slow  # tens of seconds: two runs, twice

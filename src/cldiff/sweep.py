@@ -15,9 +15,10 @@ Sweep file (YAML)::
         - {name: joint, set: {train.steps_per_task: 600}}   # overrides for this entry's runs only
 
 A list value inside a strategy entry is a grid axis. An entry's `set` applies
-after the sweep's `set`, and its settings are added to the run folder's name.
-Each run gets a folder named from its settings; finished runs are skipped,
-interrupted ones resume. ``jobs`` > 1 (``cldiff sweep --jobs N``) runs that
+after the sweep's `set`, and its settings are added to the run folder's name
+(the sweep's `set` is not: a folder that holds a run made with other settings
+is refused, not reported as this sweep's). Each run gets a folder named from
+its settings; finished runs are skipped, interrupted ones resume. ``jobs`` > 1 (``cldiff sweep --jobs N``) runs that
 many at once, each in its own process (results as one at a time).
 """
 from __future__ import annotations
@@ -116,6 +117,26 @@ def _status(r: PlannedRun) -> str:
     return "resume" if (r.out / "checkpoints").is_dir() else "new"
 
 
+def check_folders(runs: list[PlannedRun]) -> None:
+    """Refuse a sweep whose run folder already holds a run made with other settings. The folder's name carries
+    the strategy, the seed and the entry's `set`, not the sweep's `set`: a sweep that changed that would
+    otherwise call the other run "done" and report it as its own."""
+    from .runfolder import normalised_config, resume_differences
+
+    problems = []
+    for r in runs:
+        made = r.out / "config.yaml"
+        if not (made.is_file() and any((r.out / "checkpoints").glob("*.json"))):
+            continue
+        differing = resume_differences(normalised_config(yaml.safe_load(made.read_text())), r.cfg.to_dict())
+        if differing:
+            problems.append(f"sweep: {r.out} holds a run made with other settings ({'; '.join(differing)}); "
+                            "give the sweep another 'out', or move the setting into the strategy entry's 'set' "
+                            "(its settings are added to the folder's name)")
+    if problems:
+        raise ConfigError(problems)
+
+
 def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jobs: int = 1) -> Path:
     """Run the sweep's runs (``jobs`` > 1: that many at once, each in its own process), then write its report."""
     from .report import make_report
@@ -124,6 +145,7 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
     from .train import Interrupted, train
 
     runs, spec = plan(path)
+    check_folders(runs)
     out = Path(spec.get("out", "runs/sweep"))
     share = bool(spec.get("share_first_task", True))
     if jobs < 1:
