@@ -1,5 +1,6 @@
 """The cheaper replays against GD on one seed at a time, one machine, one evaluator: trajectory distillation
-(S = 3, the last 2 states) and GD with half a replay batch (replay_ratio 0.5):
+(S = 3, the last 2 states) and GD with half a replay batch (replay_ratio 0.5; at 378 steps per later task like GD,
+and at 518, GD's time per task):
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py runs/sweeps/split_fmnist_cpu 69 1714
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py docs/results/split_fmnist_cpu_recipe/trajectory_amx.json \
         docs/results/split_fmnist_cheaper_distillation/replay_ratio_amx.json
@@ -9,6 +10,7 @@ every task, the teacher image-forwards and the student's images (forward and bac
 compute in image-forward equivalents (cldiff.report.compute_of: teacher forwards + 3 per student image), the later
 tasks' training time, the evaluator that scored the row. Then the mean after the last task of each strategy over
 the seeds where it ran. --plot FILE draws every run's final FID and KLD against its compute."""
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
     "GD, lambda 1": "fashion_mnist_generative_distillation_lam1.0_teacher_steps2_small_seed{seed}",
     "trajectory, S = 3, states 2, lambda 1": "fashion_mnist_trajectory_distillation_lam1.0_states2_teacher_steps3_small_seed{seed}",
     "GD, lambda 0.75, replay_ratio 0.5": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.5_teacher_steps2_small_seed{seed}",
+    "GD, lambda 0.75, replay_ratio 0.5, 518 steps": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.5_teacher_steps2_small_seed{seed}_train.steps_per_task518",
 }
 N_TASKS = 5
 
@@ -41,7 +44,7 @@ def main(argv: list[str]) -> int:
         i = argv.index("--plot")
         plot, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
     data = read_source(__doc__, collect, argv, "the sweep folder")
-    seeds = sorted({int(name.rsplit("seed", 1)[1]) for name in data})
+    seeds = sorted({int(re.search(r"_seed(\d+)", name).group(1)) for name in data})
     print("| seed | strategy | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
           + " | teacher image-forwards, tasks 1-4 | student images, tasks 1-4 | compute, tasks 1-4"
           " | training s per later task | evaluator |")
