@@ -168,9 +168,14 @@ def resume_differences(prev: dict, mine: dict) -> list[str]:
     return out
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether the folder holds a run: a checkpoint's metadata in its checkpoints/."""
+    return (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
+
+
 def prepare_run_dir(cfg: Config, out: str | None, resume: bool, write: bool = True) -> Path:
     run_dir = run_dir_for(cfg, out)
-    has_ck = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.json"))
+    has_ck = holds_run(run_dir)
     if has_ck and not resume:
         raise RunError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another "
                        "folder with --out")

@@ -18,8 +18,9 @@ A list value inside a strategy entry is a grid axis. An entry's `set` applies
 after the sweep's `set`, and its settings are added to the run folder's name
 (the sweep's `set` is not: a folder that holds a run made with other settings
 is refused, not reported as this sweep's). Each run gets a folder named from
-its settings; finished runs are skipped, interrupted ones resume. ``jobs`` > 1 (``cldiff sweep --jobs N``) runs that
-many at once, each in its own process (results as one at a time).
+its settings; finished runs are skipped, interrupted ones resume. ``jobs`` > 1
+(``cldiff sweep --jobs N``) runs that many at once, each in its own process
+(results as one at a time).
 """
 from __future__ import annotations
 
@@ -121,12 +122,12 @@ def check_folders(runs: list[PlannedRun]) -> None:
     """Refuse a sweep whose run folder already holds a run made with other settings. The folder's name carries
     the strategy, the seed and the entry's `set`, not the sweep's `set`: a sweep that changed that would
     otherwise call the other run "done" and report it as its own."""
-    from .runfolder import normalised_config, resume_differences
+    from .runfolder import holds_run, normalised_config, resume_differences
 
     problems = []
     for r in runs:
         made = r.out / "config.yaml"
-        if not (made.is_file() and any((r.out / "checkpoints").glob("*.json"))):
+        if not (made.is_file() and holds_run(r.out)):
             continue
         differing = resume_differences(normalised_config(yaml.safe_load(made.read_text())), r.cfg.to_dict())
         if differing:
