@@ -32,6 +32,29 @@ def test_busy_cores_warning_says_how_many_threads_to_give():
     w = busy_cores_warning(2, busy=1.0, cores=2)  # a second run with every core beside a busy one
     assert w is not None and "train.threads=1" in w
     assert "train.threads=2" in busy_cores_warning(8, busy=6.0, cores=8)
+    assert "--threads 1," in busy_cores_warning(2, busy=1.0, cores=2, fix="--threads {free}")
+
+
+def test_use_threads_sets_torch_threads_and_warns_beside_busy_cores(monkeypatch, capsys):
+    import os
+
+    from cldiff import sysmem
+    before = torch.get_num_threads()
+    monkeypatch.setenv("CLDIFF_BUSY_CHECK", "1")
+    monkeypatch.setattr(sysmem, "busy_cores", lambda seconds=0.3: 1.0)  # another process keeps one core busy
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # two cores
+    try:
+        sysmem.use_threads(1)  # one thread beside the busy core fits: no warning
+        assert torch.get_num_threads() == 1 and capsys.readouterr().err == ""
+        sysmem.use_threads(2)
+        assert torch.get_num_threads() == 2 and "--threads 1," in capsys.readouterr().err
+        monkeypatch.setenv("CLDIFF_BUSY_CHECK", "0")
+        sysmem.use_threads(2)
+        assert capsys.readouterr().err == ""
+        with pytest.raises(ValueError, match="--threads must be at least 1, got 0"):
+            sysmem.use_threads(0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_busy_cores_reads_this_machines_cpu_time():

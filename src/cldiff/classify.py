@@ -23,7 +23,7 @@ import torch
 
 from .checkpoint import CheckpointError, atomic_write_bytes, list_checkpoints
 from .config import ConfigError, apply_overrides, config_from_dict
-from .sysmem import release_memory
+from .sysmem import release_memory, use_threads
 
 
 def _run_config(run_dir: Path, overrides: list[str]):
@@ -58,8 +58,7 @@ def classify_run(run_dir: str | Path, overrides: list[str] | None = None, thread
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir, overrides or [])
     c = cfg.classifier
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     done = _complete_tasks(run_dir)
     if not done:
         raise CheckpointError(f"{run_dir}: no end-of-task checkpoint; finish at least one task first")

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="conditional models: one grid row per class the checkpoint has seen (--n per class)")
     s.add_argument("--guidance", type=float,
                    help="conditional models: classifier-free guidance scale (default: the run's eval.guidance)")
+    s.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice)")
 
     e = sub.add_parser("evaluate", help="recompute the metrics of a run's checkpoints",
                        description="Recompute FID / KLD / ARD of a run's checkpoint(s) with the run's eval settings.")
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    "are not changed, the figures are printed)")
     e.add_argument("--guidance", type=float, help="override eval.guidance, the classifier-free guidance scale of a "
                    "class-conditional model's samples (1: none)")
+    e.add_argument("--threads", type=int, help="torch threads (default: PyTorch's choice; beside a training run, "
+                   "give each its share of the cores)")
 
     c = sub.add_parser("classify", help="train the continual classifier on a finished run (its checkpoints "
                        "as replay generators)", description="Train the classifier of docs/protocol.md §5 after the "
@@ -262,9 +265,11 @@ def _sample(args) -> int:
     from .data import save_grid, to_uint8
     from .model import autocast_for, generate
     from .runfolder import load_model
+    from .sysmem import use_threads
 
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"--n and --steps must be >= 1, got {args.n} and {args.steps}")
+    use_threads(args.threads)
     dev = torch.device("cpu")
     model, schedule, cfg, meta = load_model(args.checkpoint, dev)
     labels, nrow, guidance = _sample_labels(args, model, cfg, meta)
@@ -317,11 +322,13 @@ def _evaluate(args) -> int:
     from .evaluate import evaluate_task, get_evaluator
     from .model import autocast_for
     from .runfolder import load_model, run_evaluator_sha
+    from .sysmem import use_threads
 
     if args.steps is not None and args.steps < 1:  # before any checkpoint is loaded
         raise ValueError(f"--steps {args.steps}: the number of DDIM steps must be at least 1")
     if args.guidance is not None and not args.guidance >= 0:
         raise ValueError(f"--guidance {args.guidance}: the guidance scale must be >= 0 (1: no guidance)")
+    use_threads(args.threads)
     run = Path(args.run)
     metas = [m for m in list_checkpoints(run) if args.task is None or m.get("task") == args.task]
     if not metas:

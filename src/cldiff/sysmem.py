@@ -77,9 +77,11 @@ def busy_cores(seconds: float = 0.3) -> float | None:
     return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
-def busy_cores_warning(threads: int, busy: float | None = None, cores: int | None = None) -> str | None:
+def busy_cores_warning(threads: int, busy: float | None = None, cores: int | None = None,
+                       fix: str = "--set train.threads={free} (or set it in the config)") -> str | None:
     """A warning when this process's ``threads`` and the work already running (``busy`` cores, measured by
-    :func:`busy_cores` when not given) ask for more cores than there are, else None.
+    :func:`busy_cores` when not given) ask for more cores than there are, else None. ``fix`` is the option that
+    gives the process its share, with ``{free}`` for the threads to give.
 
     Two training runs that each use every core spin their OpenMP threads against each other: on a 2-core
     machine a second run with torch's default threads took the first from 0.45 s to 3.6 s per step (8x) and made
@@ -98,10 +100,26 @@ def busy_cores_warning(threads: int, busy: float | None = None, cores: int | Non
     if busy < 0.75 or busy + threads <= cores + 0.5:
         return None
     free = max(1, int(round(cores - busy)))
-    return (f"warning: {cores} cores, {busy:.1f} of them busy with other work; this run's {threads} threads would "
-            f"make the runs slow each other down many times over (OpenMP threads spin against each other). Give "
-            f"each run its share: --set train.threads={free} (or set it in the config), or start this run when "
-            "the other ends.")
+    return (f"warning: {cores} cores, {busy:.1f} of them busy with other work; this process's {threads} threads "
+            f"would make the processes slow each other down many times over (OpenMP threads spin against each "
+            f"other). Give each its share: {fix.format(free=free)}, or start this one when the other work ends.")
+
+
+def use_threads(threads: int | None) -> None:
+    """Torch's threads for `cldiff evaluate`, `sample` and `classify` (their --threads; None: torch's choice), with
+    the warning of :func:`busy_cores_warning` when more than one thread meets cores that other work keeps busy
+    (CLDIFF_BUSY_CHECK=0: no check)."""
+    import os
+
+    import torch
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    if torch.get_num_threads() > 1 and os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
+        warning = busy_cores_warning(torch.get_num_threads(), fix="--threads {free}")
+        if warning:
+            print(warning, file=sys.stderr)
 
 
 def cpu_features(cpuinfo: str | None = None) -> dict:
