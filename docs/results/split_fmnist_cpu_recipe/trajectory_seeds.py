@@ -88,7 +88,7 @@ def draw(final: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     seeds = sorted({r[0] for rows in final.values() for r in rows})
     colour = {s: f"C{i}" for i, s in enumerate(seeds)}
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     strategies = []
     for (label, rows), marker in zip(final.items(), "osD^v<>"):
         if rows:
@@ -99,10 +99,10 @@ def draw(final: dict, path: Path) -> None:
     for ax, name in zip(axes, ("fid_fmnist", "KLD")):
         ax.set_xlabel("compute of tasks 1-4 (thousand image-forward equivalents)")
         ax.set_ylabel(f"{name} after task {N_TASKS - 1}")
-    axes[0].legend(handles=strategies, fontsize=7, title="marker: strategy", title_fontsize=7)
-    axes[1].legend(handles=[plt.Line2D([], [], ls="", marker="o", c=colour[s], label=f"seed {s}") for s in seeds],
-                   fontsize=7, title="colour: seed", title_fontsize=7)
-    fig.tight_layout()
+    seed_marks = [plt.Line2D([], [], ls="", marker="o", c=colour[s], label=f"seed {s}") for s in seeds]
+    fig.legend(handles=strategies + seed_marks, loc="lower center", ncol=3, fontsize=7,
+               title="marker: strategy; colour: seed", title_fontsize=7)  # below the axes: hides no point
+    fig.tight_layout(rect=(0, 0.04 * ((len(strategies) + len(seeds) + 2) // 3 + 1), 1, 1))
     fig.savefig(path, dpi=110)
 
 
