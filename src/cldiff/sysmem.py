@@ -109,15 +109,20 @@ def use_threads(threads: int | None) -> None:
     """Torch's threads for `cldiff evaluate`, `sample` and `classify` (their --threads; None: torch's choice), with
     the warning of :func:`busy_cores_warning` when more than one thread meets cores that other work keeps busy
     (CLDIFF_BUSY_CHECK=0: no check)."""
-    import os
-
     import torch
     if threads is not None:
         if threads < 1:
             raise ValueError(f"--threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
-    if torch.get_num_threads() > 1 and os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
-        warning = busy_cores_warning(torch.get_num_threads(), fix="--threads {free}")
+    warn_if_cores_busy(torch.get_num_threads(), "--threads {free}")
+
+
+def warn_if_cores_busy(threads: int, fix: str) -> None:
+    """Print :func:`busy_cores_warning`'s warning, if any, for a process about to use ``threads`` CPU threads (one
+    thread fits anywhere; CLDIFF_BUSY_CHECK=0: no check)."""
+    import os
+    if threads > 1 and os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
+        warning = busy_cores_warning(threads, fix=fix)
         if warning:
             print(warning, file=sys.stderr)
 

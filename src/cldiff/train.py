@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import contextlib
 import random
 import signal
@@ -40,7 +39,7 @@ from .model import (EpsModel, NoiseSchedule, autocast_for, ddim_sample, drop_lab
                     model_classes, resolve_device)
 from .recipe import EMA, lr_at
 from .strategies import StepContext, TaskContext, build_strategy
-from .sysmem import busy_cores_warning, peak_rss_mib, release_memory
+from .sysmem import peak_rss_mib, release_memory, warn_if_cores_busy
 
 
 class TrainingDiverged(RuntimeError):
@@ -228,11 +227,9 @@ class Run:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         # a multi-threaded CPU run beside other busy work: say how to share the cores (CLDIFF_BUSY_CHECK=0: skip)
-        if device.type == "cpu" and env.main and torch.get_num_threads() > 1 and \
-                os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
-            busy = busy_cores_warning(torch.get_num_threads() * env.world)
-            if busy:
-                print(busy, file=sys.stderr)
+        if device.type == "cpu" and env.main:
+            warn_if_cores_busy(torch.get_num_threads() * env.world,
+                               "--set train.threads={free} (or set it in the config)")
         self.autocast = autocast_for(device, cfg.train.precision)
         self.precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16"
         self.fused_adam = fused_adam_for(device, cfg.train.fused_adam)
