@@ -77,8 +77,11 @@ def busy_cores(seconds: float = 0.3) -> float | None:
     return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
 
 
+TRAIN_THREADS_FIX = "--set train.threads={free} (or set it in the config)"
+
+
 def busy_cores_warning(threads: int, busy: float | None = None, cores: int | None = None,
-                       fix: str = "--set train.threads={free} (or set it in the config)") -> str | None:
+                       fix: str = TRAIN_THREADS_FIX) -> str | None:
     """A warning when this process's ``threads`` and the work already running (``busy`` cores, measured by
     :func:`busy_cores` when not given) ask for more cores than there are, else None. ``fix`` is the option that
     gives the process its share, with ``{free}`` for the threads to give.
@@ -117,7 +120,7 @@ def use_threads(threads: int | None) -> None:
     warn_if_cores_busy(torch.get_num_threads(), "--threads {free}")
 
 
-def warn_if_cores_busy(threads: int, fix: str) -> None:
+def warn_if_cores_busy(threads: int, fix: str = TRAIN_THREADS_FIX) -> None:
     """Print :func:`busy_cores_warning`'s warning, if any, for a process about to use ``threads`` CPU threads (one
     thread fits anywhere; CLDIFF_BUSY_CHECK=0: no check)."""
     import os

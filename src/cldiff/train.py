@@ -227,9 +227,8 @@ class Run:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         # a multi-threaded CPU run beside other busy work: say how to share the cores (CLDIFF_BUSY_CHECK=0: skip)
-        if device.type == "cpu" and env.main:
-            warn_if_cores_busy(torch.get_num_threads() * env.world,
-                               "--set train.threads={free} (or set it in the config)")
+        if device.type == "cpu" and env.main and torch.get_num_threads() > 1:  # one thread a rank: no check, as before
+            warn_if_cores_busy(torch.get_num_threads() * env.world)
         self.autocast = autocast_for(device, cfg.train.precision)
         self.precision = "fp32" if self.autocast is contextlib.nullcontext else "bf16"
         self.fused_adam = fused_adam_for(device, cfg.train.fused_adam)
