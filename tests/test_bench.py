@@ -220,3 +220,61 @@ def test_cuda_graphed_gd_step_computes_what_the_eager_step_computes():
     for a, b in zip(losses(False), losses(True)):
         assert b["loss_real"] == pytest.approx(a["loss_real"], rel=0.05)
         assert b["loss_replay"] == pytest.approx(a["loss_replay"], rel=0.2, abs=1e-4)
+
+
+def test_local_peak_pairs_every_iteration_with_the_peak_measured_after_it(monkeypatch):
+    """--local-peak: each timed iteration is set against the peak measured right after it, and the measuring
+    itself is not counted in the iteration's time."""
+    import statistics
+    import time
+
+    from cldiff import bench
+    peaks = iter([1e12, 2e12, 4e12])
+    calls, skipped = [], [0.0]
+    real_clock = time.perf_counter
+
+    def fake_peak(dtype_name, n, seconds, threads, device="cpu"):  # takes 1,000 s by the bench's clock
+        calls.append((dtype_name, n, seconds))
+        skipped[0] += 1000.0
+        return {"flops_per_s": next(peaks)}
+
+    monkeypatch.setattr(bench, "_matmul_peak", fake_peak)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: real_clock() + skipped[0])
+    r = _strategy_child("tiny", 4, {"name": "naive"}, 3, 0, "fp32", None, False, None, 32, "cpu", 1.0)
+    assert calls == [("bfloat16", 2048, 1.0)] * 3 and r["local_bf16_peaks"] == [1e12, 2e12, 4e12]
+    times = r["s_per_iter_each"]
+    assert len(times) == 3 and max(times) < 1000.0  # the peak measurement after each is not in its time
+    assert r["s_per_iter"] == pytest.approx(sum(times) / 3)
+    fl = r["flops_per_iter"]
+    assert r["frac_local_bf16_peak"] == pytest.approx(statistics.median(
+        [fl / times[0] / 1e12, fl / times[1] / 2e12, fl / times[2] / 4e12]))
+    assert "1.00-4.00 TFLOP/s" in bench._local_peak_note(r)
+    calls.clear()
+    plain = _strategy_child("tiny", 4, {"name": "naive"}, 2, 0, "fp32", None, False)
+    assert not calls and "frac_local_bf16_peak" not in plain and bench._local_peak_note(plain) == ""
+
+
+def test_ablation_speedup_beside_the_peak_takes_the_drift_out(monkeypatch):
+    """A row measured while the machine ran twice as fast looks 2x faster by the clock; beside the peak measured
+    with it, it is level with the defaults."""
+    from cldiff import bench
+    rows = [r for r in bench.ABLATION if r[0] in ("defaults", "channels_last")]
+
+    def fake(fn, *args):
+        fast = args[8].get("channels_last")
+        dt, peak = (0.5, 2e12) if fast else (1.0, 1e12)
+        return {"s_per_iter": dt, "img_per_s": 4 / dt, "flops_per_iter": 1e11, "flops_per_s": 1e11 / dt,
+                "peak_rss_mib": 100, "local_bf16_peaks": [peak], "frac_local_bf16_peak": 1e11 / dt / peak}
+
+    monkeypatch.setattr(bench, "_in_child", fake)
+    out = bench.run_ablation("tiny", 4, 1, 0, 2, None, rows, local_peak_s=1.0)
+    assert out[1]["speedup_vs_defaults"] == 2.0
+    assert out[1]["speedup_vs_defaults_beside_peak"] == pytest.approx(1.0)
+    line = bench.format_ablation(out, 1e12).splitlines()[-1]
+    assert "2.00x" in line and "1.00x the defaults beside the peak" in line and "2.00-2.00 TFLOP/s" in line
+
+
+def test_bench_refuses_a_negative_local_peak(capsys):
+    from cldiff.cli import main
+    assert main(["bench", "--local-peak", "-1"]) == 2
+    assert "--local-peak must be >= 0" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import statistics
 import time
 
 from .sysmem import cpu_features
@@ -188,7 +189,11 @@ def cuda_graphed(model, st, x0, autocast):
 
 
 def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, fused, opts=None, size=32,
-                    device="cpu") -> dict:
+                    device="cpu", local_peak_s: float = 0.0) -> dict:
+    """One strategy's training iteration, timed. ``local_peak_s`` > 0: after every timed iteration the bf16
+    matmul peak is measured for that many seconds (not counted in the iteration's time), and the row gets its
+    fraction of the peak measured beside each iteration (the median over the iterations): on a machine whose
+    speed drifts (a shared virtual machine), a peak measured once at the start mixes the drift into the figure."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -214,18 +219,42 @@ def _strategy_child(preset, batch, strategy, iters, warmup, precision, threads, 
     for _ in range(warmup):
         train_step(net, opt, st, schedule, x0, 1, gen, autocast, 1.0)
     _sync(device)
-    student, teacher, t0 = 0, 0, time.perf_counter()
+    student, teacher, times, peaks = 0, 0, [], []
     for _ in range(iters):
+        t0 = time.perf_counter()
         r = train_step(net, opt, st, schedule, x0, 1, gen, autocast, 1.0)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
         student += r["student_images"]
         teacher += r["teacher_images"]
-    _sync(device)
-    dt = (time.perf_counter() - t0) / iters
+        if local_peak_s > 0:
+            peaks.append(_matmul_peak("bfloat16", _peak_n(device), local_peak_s, None, device)["flops_per_s"])
+    dt = sum(times) / iters
     if getattr(st, "pool_every", 1) > 1:
         flops += fwd1 * teacher / iters
-    return {"strategy": strategy["name"], "s_per_iter": dt, "img_per_s": batch / dt,
-            "student_img_per_s": student / iters / dt, "flops_per_iter": flops, "flops_per_s": flops / dt,
-            "peak_rss_mib": _rss_mib(), **_gpu_mem(device)}
+    out = {"strategy": strategy["name"], "s_per_iter": dt, "img_per_s": batch / dt,
+           "student_img_per_s": student / iters / dt, "flops_per_iter": flops, "flops_per_s": flops / dt,
+           "s_per_iter_each": times, "peak_rss_mib": _rss_mib(), **_gpu_mem(device)}
+    if peaks:
+        out["local_bf16_peaks"] = peaks
+        out["frac_local_bf16_peak"] = statistics.median(flops / t / p for t, p in zip(times, peaks))
+    return out
+
+
+def _peak_n(device: str) -> int:
+    """The side of the square products that measure the matmul peak: 2048 on a CPU, 8192 on a GPU."""
+    return 8192 if device.startswith("cuda") else 2048
+
+
+def _local_peak_note(r: dict) -> str:
+    """A row's fraction of the bf16 peak measured beside its iterations (``--local-peak``), and the peaks' range:
+    a wide range says the machine's speed drifted while the row ran."""
+    if "frac_local_bf16_peak" not in r:
+        return ""
+    lo, hi = min(r["local_bf16_peaks"]) / 1e12, max(r["local_bf16_peaks"]) / 1e12
+    vs = r.get("speedup_vs_defaults_beside_peak")
+    return (f"{100 * r['frac_local_bf16_peak']:.1f}% of the peak beside it ({lo:.2f}-{hi:.2f} TFLOP/s)"
+            + (f", {vs:.2f}x the defaults beside the peak" if vs is not None else ""))
 
 
 def _gpu_mem(device) -> dict:
@@ -349,7 +378,8 @@ def ablation_rows(device: str, with_compile: bool) -> list[tuple]:
 
 
 def run_ablation(preset: str, batch: int, iters: int, warmup: int, teacher_steps: int, threads: int | None,
-                 rows_wanted=None, image_size: int = 32, device: str = "cpu", on_row=None) -> list[dict]:
+                 rows_wanted=None, image_size: int = 32, device: str = "cpu", on_row=None,
+                 local_peak_s: float = 0.0) -> list[dict]:
     """Each row in its own child process. A row that fails (a compiler error, say) is kept with its error and
     the others still run; ``on_row(rows)`` is called after each, so that a long run's results are saved as
     they come."""
@@ -361,15 +391,21 @@ def run_ablation(preset: str, batch: int, iters: int, warmup: int, teacher_steps
             spec["pool_every"] = over["pool_every"]
         try:
             r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, False, opts,
-                          image_size, device)
+                          image_size, device, local_peak_s)
         except Exception as e:  # noqa: BLE001 - a row's failure is a result, reported beside the others
             r = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"}
         r["variant"] = label
         rows.append(r)
         ok = [x for x in rows if "error" not in x]
         if ok and ok[0]["variant"] == "defaults":
+            d = ok[0]
             for x in ok:
-                x["speedup_vs_defaults"] = ok[0]["s_per_iter"] / x["s_per_iter"]
+                x["speedup_vs_defaults"] = d["s_per_iter"] / x["s_per_iter"]
+                if "frac_local_bf16_peak" in x and "frac_local_bf16_peak" in d:
+                    # the same ratio with every iteration's time scaled by the peak measured beside it: what is
+                    # left of the option's effect when the machine's speed drifted between the rows
+                    x["speedup_vs_defaults_beside_peak"] = ((x["frac_local_bf16_peak"] / x["flops_per_iter"])
+                                                           / (d["frac_local_bf16_peak"] / d["flops_per_iter"]))
         if on_row is not None:
             on_row(rows)
     return rows
@@ -387,17 +423,18 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
               iters: int = 5, warmup: int = 2, teacher_steps: int = 2, precision: str = "auto", reference: bool = True,
               gen_batch: int = 256, gen_steps: int = 10, threads: int | None = None, fused: bool = False,
               peak_n: int | None = None, image_size: int = 32, replay_ratio: float = 1.0,
-              device: str = "cpu") -> dict:
+              device: str = "cpu", local_peak_s: float = 0.0) -> dict:
     """``replay_ratio``: replay samples per real image (strategy.replay_ratio) for the strategies that replay.
-    ``device``: cpu, or cuda / cuda:N (every figure is then the GPU's; the peak is an 8192-square product)."""
+    ``device``: cpu, or cuda / cuda:N (every figure is then the GPU's; the peak is an 8192-square product).
+    ``local_peak_s``: seconds of peak measurement after every timed training iteration (0: none; see
+    _strategy_child)."""
     import torch
-    gpu = device.startswith("cuda")
     out = {"preset": preset, "batch": batch, "image_size": image_size, "precision": precision,
            "replay_ratio": replay_ratio,
            "threads": threads or torch.get_num_threads(),
            "torch": torch.__version__, "fused_adam": fused, "iters": iters,
            **_in_child(device_info, device)}
-    n = peak_n or (8192 if gpu else 2048)
+    n = peak_n or _peak_n(device)
     out["peak"] = {d: _in_child(_matmul_peak, d, n, 3.0, threads, device)["flops_per_s"]
                    for d in ("bfloat16", "float32")}
     import dataclasses
@@ -412,7 +449,7 @@ def run_bench(preset: str = "small", batch: int = 64, strategies=("naive", "gene
         if replay_ratio != 1.0 and "replay_ratio" in fields and not REGISTRY[name](replay_ratio=replay_ratio).check():
             spec["replay_ratio"] = replay_ratio  # (not where the strategy refuses it: LwF-like has no replay batch)
         r = _in_child(_strategy_child, preset, batch, spec, iters, warmup, precision, threads, fused, None, image_size,
-                      device)
+                      device, local_peak_s)
         r["frac_bf16_peak"] = r["flops_per_s"] / out["peak"]["bfloat16"]
         r["frac_fp32_peak"] = r["flops_per_s"] / out["peak"]["float32"]
         rows.append(r)
@@ -473,6 +510,11 @@ def format_table(res: dict) -> str:
         lines.append(f"{r['strategy']:36s} {r['s_per_iter']:8.3f} {r['img_per_s']:8.1f} {r['student_img_per_s']:10.1f} "
                      f"{(fl or 0) / 1e9:9.1f} {r.get('flops_per_s', 0) / 1e12:8.3f} "
                      f"{100 * r.get('frac_bf16_peak', 0):7.1f}% {r['peak_rss_mib']:8.0f}")
+    beside = [(r["strategy"], _local_peak_note(r)) for r in res["strategies"] if _local_peak_note(r)]
+    if beside:
+        lines.append("\nthe bf16 matmul peak measured after every timed iteration (--local-peak), each iteration "
+                     "against its own (median):")
+        lines += [f"  {name:34s} {note}" for name, note in beside]
     g = res["generation"]
     lines.append(f"\nDDIM generation ({g['steps']} steps, batch {g['batch']}): {g['generation_img_per_s']:.1f} images/s "
                  f"({g['forward_img_per_s']:.0f} UNet forwards/s), peak RSS {g['peak_rss_mib']:.0f} MiB"
@@ -501,8 +543,10 @@ def format_ablation(rows: list[dict], peak_bf16: float | None = None) -> str:
             continue
         frac = f"{100 * r['flops_per_s'] / peak_bf16:7.1f}%" if peak_bf16 and "flops_per_s" in r else f"{'-':>8s}"
         vs = f"{r['speedup_vs_defaults']:10.2f}x" if "speedup_vs_defaults" in r else f"{'-':>11s}"
+        note = _local_peak_note(r)
         lines.append(f"{r['variant']:{w}s} {r['s_per_iter']:8.3f} {r['img_per_s']:8.1f} {vs} {frac} "
-                     f"{r['peak_rss_mib']:8.0f}" + (f"  GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""))
+                     f"{r['peak_rss_mib']:8.0f}" + (f"  GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else "")
+                     + (f"  {note}" if note else ""))
     return "\n".join(lines)
 
 
@@ -528,13 +572,17 @@ def main_bench(args) -> int:
         raise ValueError(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(sorted(REGISTRY))} or all")
     if args.image_size not in (28, 32):
         raise ValueError(f"--image-size must be 28 or 32 (data.image_size), got {args.image_size}")
+    if not args.local_peak >= 0:
+        raise ValueError(f"--local-peak must be >= 0 (seconds of peak measurement after every timed iteration; "
+                         f"0: none), got {args.local_peak}")
     if not args.replay_ratio > 0:
         raise ValueError(f"--replay-ratio must be > 0 (replay samples per real image; 1: as many), got "
                          f"{args.replay_ratio}")
     device = check_device(args.device)
     res = run_bench(args.preset, args.batch, names, args.iters, args.warmup,
                     args.teacher_steps, args.precision, not args.no_reference, threads=args.threads, fused=args.fused,
-                    image_size=args.image_size, replay_ratio=args.replay_ratio, device=device)
+                    image_size=args.image_size, replay_ratio=args.replay_ratio, device=device,
+                    local_peak_s=args.local_peak)
     print(format_table(res), flush=True)
 
     def save():
@@ -555,7 +603,7 @@ def main_bench(args) -> int:
 
         print(format_ablation([], res["peak"]["bfloat16"]), flush=True)
         run_ablation(args.preset, args.batch, args.iters, args.warmup, args.teacher_steps, args.threads,
-                     ablation_rows(device, args.compile), args.image_size, device, on_row)
+                     ablation_rows(device, args.compile), args.image_size, device, on_row, args.local_peak)
         print(format_ablation(res["ablation"], res["peak"]["bfloat16"]))
     if args.out:
         print(f"\nJSON: {args.out}")

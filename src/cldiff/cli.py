@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-reference", action="store_true", help="skip the plain fp32 reference")
     b.add_argument("--device", default="cpu",
                    help="cpu (default), cuda, cuda:N, or auto (a GPU where there is one)")
+    b.add_argument("--local-peak", type=float, default=0.0, metavar="SECONDS",
+                   help="after every timed iteration, measure the bf16 matmul peak for this long (1 is enough) and "
+                        "give each row's fraction of the peak measured beside it: for a machine whose speed drifts, "
+                        "where the peak measured once at the start mixes the drift into the figure (default 0: off)")
     b.add_argument("--out", help="also write the results as JSON here (rewritten as each --ablation row ends)")
 
     ev = sub.add_parser("evaluator", help="the evaluator network behind FID / KLD", description="Manage the "

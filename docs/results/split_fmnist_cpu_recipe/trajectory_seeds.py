@@ -1,6 +1,7 @@
 """The cheaper replays against GD on one seed at a time, one machine, one evaluator: trajectory distillation
-(S = 3, the last 2 states) and GD with a smaller replay batch (replay_ratio 0.5 and 0.6 at 378 steps per later task
-like GD; 0.5 also at 518 steps, GD's time per task):
+(S = 3, the last 2 states; and the last state alone with replay_ratio 0.5 at 518 steps) and GD with a smaller
+replay batch (replay_ratio 0.5 and 0.6 at 378 steps per later task like GD; 0.5 also at 518 steps, GD's time per
+task):
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py runs/sweeps/split_fmnist_cpu 69 1714
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py docs/results/split_fmnist_cpu_recipe/trajectory_amx.json \
         docs/results/split_fmnist_cheaper_distillation/replay_ratio_amx.json
@@ -26,6 +27,8 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
     "GD, lambda 0.75, replay_ratio 0.5": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.5_teacher_steps2_small_seed{seed}",
     "GD, lambda 0.75, replay_ratio 0.6": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.6_teacher_steps2_small_seed{seed}",
     "GD, lambda 0.75, replay_ratio 0.5, 518 steps": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.5_teacher_steps2_small_seed{seed}_train.steps_per_task518",
+    "trajectory, S = 3, last state, lambda 0.75, replay_ratio 0.5, 518 steps":
+        "fashion_mnist_trajectory_distillation_lam0.75_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
 }
 N_TASKS = 5
 
