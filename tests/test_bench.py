@@ -248,7 +248,7 @@ def test_local_peak_pairs_every_iteration_with_the_peak_measured_after_it(monkey
     fl = r["flops_per_iter"]
     assert r["frac_local_bf16_peak"] == pytest.approx(statistics.median(
         [fl / times[0] / 1e12, fl / times[1] / 2e12, fl / times[2] / 4e12]))
-    assert "1.00-4.00 TFLOP/s" in bench._local_peak_note(r)
+    assert "1.00-4.00 TFLOP/s" in bench._local_peak_note(r) and "DRIFTED" in bench._local_peak_note(r)
     calls.clear()
     plain = _strategy_child("tiny", 4, {"name": "naive"}, 2, 0, "fp32", None, False)
     assert not calls and "frac_local_bf16_peak" not in plain and bench._local_peak_note(plain) == ""
@@ -272,6 +272,7 @@ def test_ablation_speedup_beside_the_peak_takes_the_drift_out(monkeypatch):
     assert out[1]["speedup_vs_defaults_beside_peak"] == pytest.approx(1.0)
     line = bench.format_ablation(out, 1e12).splitlines()[-1]
     assert "2.00x" in line and "1.00x the defaults beside the peak" in line and "2.00-2.00 TFLOP/s" in line
+    assert "DRIFTED" not in line  # one steady peak within the row
 
 
 def test_bench_refuses_a_negative_local_peak(capsys):

@@ -246,6 +246,11 @@ def _peak_n(device: str) -> int:
     return 8192 if device.startswith("cuda") else 2048
 
 
+# Peaks measured beside one row that differ by more than this factor: the machine's speed moved within the row
+# faster than the peak measurements can follow (on a steady machine they agree within a few percent).
+DRIFT = 1.25
+
+
 def _local_peak_note(r: dict) -> str:
     """A row's fraction of the bf16 peak measured beside its iterations (``--local-peak``), and the peaks' range:
     a wide range says the machine's speed drifted while the row ran."""
@@ -254,7 +259,9 @@ def _local_peak_note(r: dict) -> str:
     lo, hi = min(r["local_bf16_peaks"]) / 1e12, max(r["local_bf16_peaks"]) / 1e12
     vs = r.get("speedup_vs_defaults_beside_peak")
     return (f"{100 * r['frac_local_bf16_peak']:.1f}% of the peak beside it ({lo:.2f}-{hi:.2f} TFLOP/s)"
-            + (f", {vs:.2f}x the defaults beside the peak" if vs is not None else ""))
+            + (f", {vs:.2f}x the defaults beside the peak" if vs is not None else "")
+            + (" DRIFTED within the row: compare it in alternation (docs/results/bench/interleaved.py)"
+               if hi > DRIFT * lo else ""))
 
 
 def _gpu_mem(device) -> dict:
