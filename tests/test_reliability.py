@@ -313,9 +313,15 @@ def test_a_sweep_skips_a_run_in_use_reports_it_and_runs_the_others(fake_fmnist, 
     try:
         with pytest.raises(RuntimeError, match="1 run\\(s\\) failed: .*naive"):
             sweep.run_sweep(sw, progress=False)
+        err = capsys.readouterr().err
+        assert "is in use" in err and "Traceback" not in err
+        assert sweep.is_finished(free.out, 1) and not (busy.out / "checkpoints").exists()
+        # the command: the finished run skipped, the busy one named, a message and status 2 (no traceback)
+        from cldiff.cli import main
+        assert main(["sweep", str(sw), "--no-progress"]) == 2
     finally:
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err
-    assert "is in use" in err and "Traceback" not in err
-    assert sweep.is_finished(free.out, 1) and not (busy.out / "checkpoints").exists()
+    assert "done" in err and "1 run(s) failed" in err and "run the same command again" in err
+    assert "Traceback" not in err

@@ -183,12 +183,17 @@ def run_sweep(path: str | Path, dry_run: bool = False, progress: bool = True, jo
 
 
 def _finish(runs, out: Path, failed: list, make_report) -> Path:
+    """The report of the finished runs; then, if some failed (each was reported as it failed), a RunError that
+    names them: the command ends with a message and exit status 2, not a traceback."""
+    from .runfolder import RunError
     done = [r.out for r in runs if is_finished(r.out, r.cfg.data.num_tasks)]
     if done:
         make_report(done, out / "report")
         print(f"report: {out / 'report' / 'report.md'}", file=sys.stderr)
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+        raise RunError(f"{len(failed)} run(s) failed: {', '.join(failed)}. Each one's cause is above (with "
+                              "--jobs > 1 in <run folder>.log); fix it and run the same command again: the finished "
+                              "runs are skipped and the interrupted ones resume.")
     return out
 
 
