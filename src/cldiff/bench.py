@@ -517,11 +517,11 @@ def format_table(res: dict) -> str:
         lines.append(f"{r['strategy']:36s} {r['s_per_iter']:8.3f} {r['img_per_s']:8.1f} {r['student_img_per_s']:10.1f} "
                      f"{(fl or 0) / 1e9:9.1f} {r.get('flops_per_s', 0) / 1e12:8.3f} "
                      f"{100 * r.get('frac_bf16_peak', 0):7.1f}% {r['peak_rss_mib']:8.0f}")
-    beside = [(r["strategy"], _local_peak_note(r)) for r in res["strategies"] if _local_peak_note(r)]
-    if beside:
+    beside = [(r["strategy"], _local_peak_note(r)) for r in res["strategies"]]
+    if any(note for _, note in beside):
         lines.append("\nthe bf16 matmul peak measured after every timed iteration (--local-peak), each iteration "
                      "against its own (median):")
-        lines += [f"  {name:34s} {note}" for name, note in beside]
+        lines += [f"  {name:34s} {note}" for name, note in beside if note]
     g = res["generation"]
     lines.append(f"\nDDIM generation ({g['steps']} steps, batch {g['batch']}): {g['generation_img_per_s']:.1f} images/s "
                  f"({g['forward_img_per_s']:.0f} UNet forwards/s), peak RSS {g['peak_rss_mib']:.0f} MiB"

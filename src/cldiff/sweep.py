@@ -192,8 +192,8 @@ def _finish(runs, out: Path, failed: list, make_report) -> Path:
         print(f"report: {out / 'report' / 'report.md'}", file=sys.stderr)
     if failed:
         raise RunError(f"{len(failed)} run(s) failed: {', '.join(failed)}. Each one's cause is above (with "
-                              "--jobs > 1 in <run folder>.log); fix it and run the same command again: the finished "
-                              "runs are skipped and the interrupted ones resume.")
+                       "--jobs > 1 in <run folder>.log); fix it and run the same command again: the finished runs "
+                       "are skipped and the interrupted ones resume.")
     return out
 
 

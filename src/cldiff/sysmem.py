@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import resource
 import sys
 
@@ -60,7 +61,6 @@ def busy_cores(seconds: float = 0.3) -> float | None:
     """How many cores other processes keep busy right now: the non-idle share of /proc/stat's CPU time over
     ``seconds`` (this process sleeps meanwhile), times the number of cores; None where /proc/stat is missing.
     Unlike the load average, it does not remember a run that ended a moment ago."""
-    import os
     import time
 
     def sample():
@@ -90,7 +90,6 @@ def busy_cores_warning(threads: int, busy: float | None = None, cores: int | Non
     machine a second run with torch's default threads took the first from 0.45 s to 3.6 s per step (8x) and made
     no visible progress itself; with one thread each, each run gets a core of its own.
     """
-    import os
     if cores is None:
         try:
             cores = len(os.sched_getaffinity(0))
@@ -123,7 +122,6 @@ def use_threads(threads: int | None) -> None:
 def warn_if_cores_busy(threads: int, fix: str = TRAIN_THREADS_FIX) -> None:
     """Print :func:`busy_cores_warning`'s warning, if any, for a process about to use ``threads`` CPU threads (one
     thread fits anywhere; CLDIFF_BUSY_CHECK=0: no check)."""
-    import os
     if threads > 1 and os.environ.get("CLDIFF_BUSY_CHECK", "1") != "0":
         warning = busy_cores_warning(threads, fix=fix)
         if warning:
