@@ -77,7 +77,8 @@ CASES = [("generative_replay", {}), ("generative_distillation", {}), ("generativ
          ("generative_distillation", {"pool_every": 2, "pool_size": 5}), ("partial_generation_distillation", {}),
          ("gaussian_distillation", {}), ("lwf_distillation", {}), ("trajectory_distillation", {}),
          ("trajectory_distillation", {"gd_share": 0.3, "random_times": False}),
-         ("trajectory_distillation", {"teacher_steps": 2, "states": 2, "replay_ratio": 0.75})]
+         ("trajectory_distillation", {"teacher_steps": 2, "states": 2, "replay_ratio": 0.75}),
+         ("trajectory_distillation", {"teacher_steps": 3, "states": 1, "last_time": "uniform"})]
 
 
 @pytest.mark.parametrize("name,kw", CASES)
@@ -153,3 +154,21 @@ def test_new_options_resume_bit_identically_after_sigkill(fake_fmnist, tmp_path,
     run = killed_once_then_resumed(fake_fmnist, tmp_path, extra)
     ends = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"task_end"' in x]
     assert ends[-1]["teacher_image_forwards"] > 0
+
+
+def test_trajectory_last_time_uniform_spreads_the_last_states_over_every_timestep(model):
+    s, g = NoiseSchedule(), torch.Generator().manual_seed(0)
+    for last_uniform, mean in ((False, 999 / 3), (True, 998 / 2)):  # S = 3: min of 2 draws, or uniform
+        ts = s.random_ddim_timesteps(3, 20000, g, "cpu", last_uniform)
+        assert torch.all(ts[0] == 999) and torch.all(ts[-1] == -1)
+        assert torch.all(ts[:-1] >= ts[1:]) and ts[1:-1].min() >= 0 and ts[1:-1].max() <= 998
+        last = ts[-2].double()
+        assert abs(last.mean().item() - mean) < 8
+        assert abs((last >= 750).double().mean().item() - (0.0625 if not last_uniform else 0.25)) < 0.015
+    st = _teacher("trajectory_distillation", model, teacher_steps=3, states=1, last_time="uniform")
+    r = st.replay(step_context(k=1, b=400, seed=3))
+    assert len(r.t) == 400 and r.teacher_images == 3 * 400 and r.t.float().mean() > 400  # sorted: about 333
+    with pytest.raises(ValueError, match="last_time"):
+        build_strategy({"name": "trajectory_distillation", "last_time": "uniform", "random_times": False})
+    with pytest.raises(ValueError, match="last_time"):
+        build_strategy({"name": "trajectory_distillation", "last_time": "middle"})

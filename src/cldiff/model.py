@@ -319,14 +319,24 @@ class NoiseSchedule:
         ts = torch.round(t_end.double().view(1, -1) + 1 + span * (steps - j) / steps) - 1
         return ts.long()
 
-    def random_ddim_timesteps(self, steps: int, n: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    def random_ddim_timesteps(self, steps: int, n: int, generator: torch.Generator | None, device,
+                              last_uniform: bool = False) -> torch.Tensor:
         """Per-sample DDIM timesteps from T-1 to x_0 with random intermediate steps, shape (steps + 1, n).
 
         Row 0 is T-1 (the trajectory starts from pure noise), rows 1..steps-1 are steps-1 timesteps drawn
         uniformly from 0..T-2 and sorted in descending order, the last row is -1 (x_0). Over many trajectories
-        the intermediate timesteps cover 0..T-2 uniformly, where the trailing grid visits only its own steps.
+        the intermediate timesteps cover 0..T-2 uniformly, where the trailing grid visits only its own steps;
+        but the last intermediate one, the smallest of steps-1 draws, leans towards 0 (mean about
+        (T-1) / steps). ``last_uniform``: that last one is itself uniform over 0..T-2, and the others are drawn
+        uniformly between it and T-2.
         """
-        inner = torch.randint(0, self.T - 1, (steps - 1, n), generator=generator, device=device)
+        if last_uniform and steps > 1:
+            last = torch.randint(0, self.T - 1, (1, n), generator=generator, device=device)
+            u = torch.rand((steps - 2, n), generator=generator, device=device)
+            above = last + (u * (self.T - 1 - last)).long()  # uniform over last..T-2
+            inner = torch.cat([above, last])
+        else:
+            inner = torch.randint(0, self.T - 1, (steps - 1, n), generator=generator, device=device)
         inner = inner.sort(dim=0, descending=True).values
         top = torch.full((1, n), self.T - 1, dtype=torch.long, device=device)
         return torch.cat([top, inner, torch.full((1, n), -1, dtype=torch.long, device=device)])

@@ -10,7 +10,9 @@ image-forwards, against (S + 1) B for GD.
 Options: ``states``, how many of each trajectory's states become pairs (the last ones, nearest to the data;
 0: all but the first, pure-noise state, at least one); ``random_times``, each trajectory's intermediate
 timesteps drawn at random (so the distilled timesteps cover 0..T-1, where the fixed trailing grid visits only
-S timesteps); ``gd_share``, a share of the replay rows that get ordinary GD targets on the trajectories' final
+S timesteps); ``last_time``, with random times, how the last intermediate timestep is drawn ("sorted": the
+smallest of the S - 1 sorted draws, mean about T / S; "uniform": uniform over 0..T-2, the earlier ones drawn
+above it, so that with ``states`` 1 the pairs' timesteps are uniform as GD's); ``gd_share``, a share of the replay rows that get ordinary GD targets on the trajectories' final
 samples (one extra forward each).
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TrajectoryDistillation(TeacherStrategy):
     teacher_steps: int = 4  # S: DDIM steps of each teacher trajectory
     states: int = 0  # pairs per trajectory, its last states (0: S - 1, all but the pure-noise start; at least 1)
     random_times: bool = True  # random intermediate timesteps per trajectory (false: the trailing grid)
+    last_time: str = "sorted"  # random times: the last intermediate timestep "sorted" (smallest draw) | "uniform"
     gd_share: float = 0.0  # share of replay rows with GD targets on the final samples (one extra forward each)
 
     def check(self) -> list[str]:
@@ -43,6 +46,10 @@ class TrajectoryDistillation(TeacherStrategy):
             p.append(f"states: must be between 0 (S - 1) and teacher_steps ({self.teacher_steps}), got {self.states}")
         if not 0 <= self.gd_share <= 1:
             p.append(f"gd_share: must be in [0, 1], got {self.gd_share}")
+        if self.last_time not in ("sorted", "uniform"):
+            p.append(f"last_time: must be 'sorted' or 'uniform', got {self.last_time!r}")
+        elif self.last_time == "uniform" and not self.random_times:
+            p.append("last_time: 'uniform' draws random timesteps; it needs random_times: true")
         if self.replay_timesteps != "uniform":
             p.append("replay_timesteps: trajectory_distillation takes its timesteps from the trajectories "
                      "(random_times); leave it uniform")
@@ -61,7 +68,8 @@ class TrajectoryDistillation(TeacherStrategy):
         n_traj = max(math.ceil(n_pairs / per), 1 if n_gd else 0)
         z = torch.randn((n_traj, *shape), generator=ctx.generator, device=dev)
         y_gen = self.teacher_labels(ctx, n_traj)
-        ts = ctx.schedule.random_ddim_timesteps(S, n_traj, ctx.generator, dev) if self.random_times else None
+        ts = (ctx.schedule.random_ddim_timesteps(S, n_traj, ctx.generator, dev, self.last_time == "uniform")
+              if self.random_times else None)
         record: list = []
         x_end = ddim_sample(self.teacher, ctx.schedule, z, S, 0.0, ctx.generator, ctx.autocast, y=y_gen,
                             guidance=self.teacher_guidance, ts=ts, record=record)
