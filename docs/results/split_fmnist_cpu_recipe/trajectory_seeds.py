@@ -1,5 +1,6 @@
 """The cheaper replays against GD on one seed at a time, one machine, one evaluator: trajectory distillation
-(S = 3, the last 2 states; and the last state alone with replay_ratio 0.5 at 518 steps) and GD with a smaller
+(S = 3, the last 2 states; and the last state alone with replay_ratio 0.5 at 518 steps, its time the smaller
+of two uniform draws or, with last_time uniform, uniform) and GD with a smaller
 replay batch (replay_ratio 0.5 and 0.6 at 378 steps per later task like GD; 0.5 also at 518 steps, GD's time per
 task):
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py runs/sweeps/split_fmnist_cpu 69 1714
@@ -29,6 +30,8 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
     "GD, lambda 0.75, replay_ratio 0.5, 518 steps": "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.5_teacher_steps2_small_seed{seed}_train.steps_per_task518",
     "trajectory, S = 3, last state, lambda 0.75, replay_ratio 0.5, 518 steps":
         "fashion_mnist_trajectory_distillation_lam0.75_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
+    "trajectory, S = 3, last state at a uniform time, lambda 0.75, replay_ratio 0.5, 518 steps":
+        "fashion_mnist_trajectory_distillation_lam0.75_last_timeuniform_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
 }
 N_TASKS = 5
 
@@ -93,7 +96,7 @@ def draw(final: dict, path: Path) -> None:
     colour = {s: f"C{i}" for i, s in enumerate(seeds)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     strategies = []
-    for (label, rows), marker in zip(final.items(), "osD^v<>"):
+    for (label, rows), marker in zip(final.items(), "osD^v<>PX*"):
         if rows:
             strategies.append(plt.Line2D([], [], ls="", marker=marker, c="grey", label=label))
         for ax, i in zip(axes, (1, 2)):
