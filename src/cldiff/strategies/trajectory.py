@@ -12,8 +12,8 @@ Options: ``states``, how many of each trajectory's states become pairs (the last
 timesteps drawn at random (so the distilled timesteps cover 0..T-1, where the fixed trailing grid visits only
 S timesteps); ``last_time``, with random times, how the last intermediate timestep is drawn ("sorted": the
 smallest of the S - 1 sorted draws, mean about T / S; "uniform": uniform over 0..T-2, the earlier ones drawn
-above it, so that with ``states`` 1 the pairs' timesteps are uniform as GD's); ``gd_share``, a share of the replay rows that get ordinary GD targets on the trajectories' final
-samples (one extra forward each).
+above it, so that with ``states`` 1 the pairs' timesteps are uniform as GD's); ``gd_share``, a share of the
+replay rows that get ordinary GD targets on the trajectories' final samples (one extra forward each).
 """
 from __future__ import annotations
 
