@@ -9,6 +9,9 @@ variant sees the same moments.
 
 A variant is an option (`--variants`) or a batch size (`--batches`, the default options): the summary gives each
 one's images per second (the iteration's real images; a replay strategy trains as many replayed ones besides).
+The variant `onednn_bf16` is fp32 weights and activations without autocast, with oneDNN doing the convolutions' and
+matmuls' arithmetic in bf16 (torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16", PyTorch >= 2.9); the
+setting is global, so it is switched on only while that variant is timed.
 """
 import argparse
 import time
@@ -17,6 +20,13 @@ import torch
 
 from cldiff.bench import _setup
 from cldiff.train import train_step
+
+
+def onednn_math(variant: str) -> None:
+    """oneDNN's internal precision for fp32 convolutions and matmuls: bf16 for the onednn_bf16 variant only."""
+    p = "bf16" if variant == "onednn_bf16" else "none"
+    torch.backends.mkldnn.conv.fp32_precision = p
+    torch.backends.mkldnn.matmul.fp32_precision = p
 
 
 def main():
@@ -31,7 +41,7 @@ def main():
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
     ap.add_argument("--variants", default="defaults,channels_last",
                     help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
-                         "teacher_fp32, bf16_master, teacher_inference_mode)")
+                         "teacher_fp32, bf16_master, teacher_inference_mode) or onednn_bf16")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = {"name": a.strategy}
@@ -40,11 +50,12 @@ def main():
     runs, batch = {}, {}
     variants = [f"batch {b}" for b in a.batches.split(",")] if a.batches else a.variants.split(",")
     for v in variants:
-        opts = {} if v == "defaults" or a.batches else {v: True}
+        opts = {} if v in ("defaults", "onednn_bf16") or a.batches else {v: True}
         batch[v] = int(v.split()[1]) if a.batches else a.batch
-        model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "auto", a.threads,
-                                                  bool(opts.get("fused")), opts, a.image_size)
+        model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "fp32" if v == "onednn_bf16" else "auto",
+                                                  a.threads, bool(opts.get("fused")), opts, a.image_size)
         gen = torch.Generator().manual_seed(0)
+        onednn_math(v)
         train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)  # warm-up
         runs[v] = (model, schedule, st, ac, opt, x0, gen)
     names = list(runs)
@@ -53,6 +64,7 @@ def main():
         order = names[r % len(names):] + names[:r % len(names)]
         for v in order:
             model, schedule, st, ac, opt, x0, gen = runs[v]
+            onednn_math(v)
             t0 = time.perf_counter()
             for _ in range(a.iters):
                 train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)
