@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
     ap.add_argument("--variants", default="defaults,channels_last",
                     help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
-                         "teacher_fp32, bf16_master, teacher_inference_mode) or onednn_bf16")
+                         "teacher_fp32, bf16_master, teacher_inference_mode, teacher_compile) or onednn_bf16")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = {"name": a.strategy}
@@ -56,7 +56,9 @@ def main():
                                                   a.threads, bool(opts.get("fused")), opts, a.image_size)
         gen = torch.Generator().manual_seed(0)
         onednn_math(v)
-        train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)  # warm-up
+        t0 = time.perf_counter()
+        train_step(model, opt, st, schedule, x0, 1, gen, ac, 1.0)  # warm-up (and compiling, for a compiled variant)
+        print(f"{v}: warm-up iteration {time.perf_counter() - t0:.1f} s", flush=True)
         runs[v] = (model, schedule, st, ac, opt, x0, gen)
     names = list(runs)
     times = {v: [] for v in names}
