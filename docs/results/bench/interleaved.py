@@ -41,7 +41,7 @@ def main():
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
     ap.add_argument("--variants", default="defaults,channels_last",
                     help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
-                         "teacher_fp32, bf16_master, teacher_inference_mode, teacher_compile) or onednn_bf16")
+                         "teacher_fp32, bf16_master, teacher_inference_mode, compile, teacher_compile) or onednn_bf16")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = {"name": a.strategy}
@@ -54,6 +54,8 @@ def main():
         batch[v] = int(v.split()[1]) if a.batches else a.batch
         model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "fp32" if v == "onednn_bf16" else "auto",
                                                   a.threads, bool(opts.get("fused")), opts, a.image_size)
+        if opts.get("compile"):  # the student's forward and backward compiled (the optimizer stays eager)
+            model = torch.compile(model)
         gen = torch.Generator().manual_seed(0)
         onednn_math(v)
         t0 = time.perf_counter()
