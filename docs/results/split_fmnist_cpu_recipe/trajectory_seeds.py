@@ -108,10 +108,10 @@ def draw(final: dict, path: Path) -> None:
         ax.set_xlabel("compute of tasks 1-4 (thousand image-forward equivalents)")
         ax.set_ylabel(f"{name} after task {N_TASKS - 1}")
     seed_marks = [plt.Line2D([], [], ls="", marker="o", c=colour[s], label=f"seed {s}") for s in seeds]
-    fig.legend(handles=strategies + seed_marks, loc="lower center", ncol=3, fontsize=7,
+    fig.legend(handles=strategies + seed_marks, loc="lower center", ncol=2, fontsize=7,
                title="marker: strategy; colour: seed", title_fontsize=7)  # below the axes: hides no point
-    fig.tight_layout(rect=(0, 0.04 * ((len(strategies) + len(seeds) + 2) // 3 + 1), 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0.035 * ((len(strategies) + len(seeds) + 1) // 2 + 1), 1, 1))
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the long labels may run past the axes' width
 
 
 if __name__ == "__main__":
