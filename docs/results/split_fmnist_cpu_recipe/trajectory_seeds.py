@@ -34,6 +34,8 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
         "fashion_mnist_trajectory_distillation_lam0.75_last_timeuniform_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
     "trajectory, S = 3, last state, half the rows GD pairs, lambda 0.75, replay_ratio 0.5, 518 steps":
         "fashion_mnist_trajectory_distillation_gd_share0.5_lam0.75_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
+    "GD, S = 3, lambda 0.75, replay_ratio 0.25, 518 steps":
+        "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.25_teacher_steps3_small_seed{seed}_train.steps_per_task518",
 }
 N_TASKS = 5
 
