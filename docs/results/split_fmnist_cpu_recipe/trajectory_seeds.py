@@ -100,7 +100,10 @@ def draw(final: dict, path: Path) -> None:
     colour = {s: f"C{i}" for i, s in enumerate(seeds)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     strategies = []
-    for (label, rows), marker in zip(final.items(), "osD^v<>PX*"):
+    markers = "osD^v<>PX*hpd8H"
+    if len(final) > len(markers):  # zip would drop the strategies past the last marker without a word
+        raise SystemExit(f"{len(final)} strategies to plot and {len(markers)} markers: add markers in draw()")
+    for (label, rows), marker in zip(final.items(), markers):
         if rows:
             strategies.append(plt.Line2D([], [], ls="", marker=marker, c="grey", label=label))
         for ax, i in zip(axes, (1, 2)):
