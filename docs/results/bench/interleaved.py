@@ -7,7 +7,7 @@ variant sees the same moments.
         --variants defaults,channels_last,teacher_fp32
     python docs/results/bench/interleaved.py --preset small --image-size 28 --strategy naive --batches 32,64,128
 
-A variant is an option (`--variants`) or a batch size (`--batches`, the default options): the summary gives each
+A variant is an option, or several joined by + (`--variants`), or a batch size (`--batches`, the default options): the summary gives each
 one's images per second (the iteration's real images; a replay strategy trains as many replayed ones besides).
 The variant `onednn_bf16` is fp32 weights and activations without autocast, with oneDNN doing the convolutions' and
 matmuls' arithmetic in bf16 (torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16", PyTorch >= 2.9); the
@@ -40,8 +40,9 @@ def main():
     ap.add_argument("--iters", type=int, default=2, help="timed iterations per variant per round")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
     ap.add_argument("--variants", default="defaults,channels_last",
-                    help="comma-separated: defaults or an --ablation option name (channels_last, fused, "
-                         "teacher_fp32, bf16_master, teacher_inference_mode, compile, teacher_compile) or onednn_bf16")
+                    help="comma-separated: defaults, onednn_bf16, or --ablation option names (channels_last, fused, "
+                         "teacher_fp32, bf16_master, teacher_inference_mode, compile, teacher_compile), several "
+                         "joined by + for one variant (fused+compile)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = {"name": a.strategy}
@@ -50,7 +51,7 @@ def main():
     runs, batch = {}, {}
     variants = [f"batch {b}" for b in a.batches.split(",")] if a.batches else a.variants.split(",")
     for v in variants:
-        opts = {} if v in ("defaults", "onednn_bf16") or a.batches else {v: True}
+        opts = {} if v in ("defaults", "onednn_bf16") or a.batches else {k: True for k in v.split("+")}
         batch[v] = int(v.split()[1]) if a.batches else a.batch
         model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "fp32" if v == "onednn_bf16" else "auto",
                                                   a.threads, bool(opts.get("fused")), opts, a.image_size)
