@@ -38,17 +38,18 @@ def primitive_flops(kind: str, problem: str) -> float:
 
 
 def summarise(lines):
-    """{(kind, propagation, implementation): [calls, seconds, flops]} from oneDNN verbose exec lines."""
-    agg = collections.defaultdict(lambda: [0, 0.0, 0.0])
+    """{(kind, propagation): [calls, seconds, flops, {implementations}]} from oneDNN verbose exec lines."""
+    agg = collections.defaultdict(lambda: [0, 0.0, 0.0, set()])
     for line in lines:
         if not line.startswith("onednn_verbose,v1,primitive,exec"):
             continue
         f = line.strip().split(",")
         kind, impl, prop, problem, ms = f[5], f[6], f[7], f[-2], float(f[-1])
-        row = agg[(kind, prop, impl)]
+        row = agg[(kind, prop)]
         row[0] += 1
         row[1] += ms / 1e3
         row[2] += primitive_flops(kind, problem)
+        row[3].add(impl)
     return agg
 
 
@@ -96,16 +97,9 @@ def main():
           f"the step's convolutions and matmuls {total_f / 1e9:.1f} GFLOP = {total_f / plain / peak:.1%} of the peak")
     print(f"oneDNN primitives {total_s:.3f} s = {total_s / traced:.0%} of the traced step; the rest, outside oneDNN, "
           f"{traced - total_s:.3f} s = {(traced - total_s) / traced:.0%}")
-    by_kind = collections.defaultdict(lambda: [0, 0.0, 0.0, set()])
-    for (kind, prop, impl), (n, s, fl) in agg.items():
-        row = by_kind[(kind, prop)]
-        row[0] += n
-        row[1] += s
-        row[2] += fl
-        row[3].add(impl)
     print(f"\n{'primitive':14s} {'propagation':18s} {'calls':>5s} {'ms':>8s} {'of step':>7s} {'GFLOP':>6s} "
           f"{'TFLOP/s':>7s} {'of peak':>7s}  implementations")
-    for (kind, prop), (n, s, fl, impls) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
+    for (kind, prop), (n, s, fl, impls) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
         rate = fl / s if s and fl else 0.0
         print(f"{kind:14s} {prop:18s} {n:5d} {s * 1e3:8.1f} {s / traced:7.1%} {fl / 1e9:6.1f} {rate / 1e12:7.3f} "
               f"{rate / peak:7.1%}  {' '.join(sorted(impls))}")
