@@ -7,8 +7,9 @@ variant sees the same moments.
         --variants defaults,channels_last,teacher_fp32
     python docs/results/bench/interleaved.py --preset small --image-size 28 --strategy naive --batches 32,64,128
 
-A variant is an option, or several joined by + (`--variants`), or a batch size (`--batches`, the default options): the summary gives each
-one's images per second (the iteration's real images; a replay strategy trains as many replayed ones besides).
+A variant is an option, or several joined by + (`--variants`), or a batch size (`--batches`, the default
+options): the summary gives each one's images per second (the iteration's real images; a replay strategy trains as
+many replayed ones besides).
 The variant `onednn_bf16` is fp32 weights and activations without autocast, with oneDNN doing the convolutions' and
 matmuls' arithmetic in bf16 (torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16", PyTorch >= 2.9); the
 setting is global, so it is switched on only while that variant is timed.
