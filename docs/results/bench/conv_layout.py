@@ -13,11 +13,12 @@ makes no such copy. This prints, at the small UNet's shapes (batch 64, 28x28 ima
     python docs/results/bench/conv_layout.py --threads 1
 """
 import argparse
-import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+
+from groupnorm_layout import millis  # beside this file
 
 CONVS = (  # (input shape, weight shape) of the small UNet's convolutions, batch 64, 28x28
     ((64, 32, 28, 28), (32, 32, 3, 3)),
@@ -26,17 +27,6 @@ CONVS = (  # (input shape, weight shape) of the small UNet's convolutions, batch
     ((64, 128, 7, 7), (128, 128, 3, 3)),
     ((64, 192, 14, 14), (64, 192, 1, 1)),
 )
-
-
-def millis(fn, n: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
 
 
 def copy_millis(fn) -> float:
@@ -104,7 +94,7 @@ def main():
             def fb():
                 return torch.autograd.grad(fwd(), (x, w), g)
 
-            row += [millis(fwd), millis(fb)]
+            row += [millis(fwd, 15), millis(fb, 15)]
             cps.append(copy_millis(fb))
         print(f"{'x'.join(map(str, xs)):16s} {'x'.join(map(str, ws)):14s} {row[0]:9.2f} {row[2]:9.2f} "
               f"{row[1]:9.2f} {row[3]:9.2f} {cps[0]:12.2f} {cps[1]:12.2f}")
