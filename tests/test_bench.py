@@ -103,8 +103,8 @@ def test_master_weight_adam_follows_fp32_adam():
 
 def test_ablation_levers_time_the_same_step():
     """The --ablation rows change how a GD step runs, not what it computes: under inference_mode the teacher's
-    replay and the step's losses are bit-identical to the defaults'; bf16 weights with fp32 masters give the
-    same losses up to bf16 rounding."""
+    replay and the step's losses are bit-identical to the defaults'; bf16 weights with fp32 masters, and the
+    attention softmax in bf16, give the same losses up to bf16 rounding."""
     from cldiff.bench import _setup
     from cldiff.train import train_step
 
@@ -115,10 +115,12 @@ def test_ablation_levers_time_the_same_step():
         return [train_step(model, opt, st, schedule, x0, 1, gen, autocast, 1.0) for _ in range(2)]
 
     ref, inf, master = losses(None), losses({"teacher_inference_mode": True}), losses({"bf16_master": True})
-    for a, b, c in zip(ref, inf, master):
+    soft = losses({"softmax_bf16": True})
+    for a, b, c, d in zip(ref, inf, master, soft):
         assert (a["loss_real"], a["loss_replay"]) == (b["loss_real"], b["loss_replay"])
-        assert abs(a["loss_real"] - c["loss_real"]) < 0.05 * a["loss_real"]
-        assert abs(a["loss_replay"] - c["loss_replay"]) < 0.2 * a["loss_replay"] + 1e-4
+        for x in (c, d):
+            assert abs(a["loss_real"] - x["loss_real"]) < 0.05 * a["loss_real"]
+            assert abs(a["loss_replay"] - x["loss_replay"]) < 0.2 * a["loss_replay"] + 1e-4
 
 
 def test_replay_ratio_halves_the_replay_work_of_the_replaying_strategies_only(monkeypatch):

@@ -58,6 +58,18 @@ def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets):
         assert _experiment(r.cfg) == _experiment(preset), r.out.name
 
 
+def test_the_quarter_replay_preset_is_the_measured_sweep():
+    # generative_distillation_quarter_replay.yaml quotes the results of this sweep file: it must be its experiment.
+    runs, _ = sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu_gd_s3_quarter_replay.yaml")
+    assert {r.cfg.seed for r in runs} == {42, 69, 1714}
+    for r in runs:
+        preset = load_config(CONFIGS / "split_fmnist" / "cpu" / "generative_distillation_quarter_replay.yaml",
+                             [f"seed={r.cfg.seed}"])
+        assert _experiment(r.cfg) == _experiment(preset), r.out.name
+        assert (preset.strategy["replay_ratio"], preset.strategy["teacher_steps"], preset.train.steps_per_task) \
+            == (0.25, 3, 518)
+
+
 def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
     # Sweep files may share a folder (the trajectory variants reuse the `cpu` table's GD runs as their task-0
     # source): a run resumed by either file must find the settings it was made with.

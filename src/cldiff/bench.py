@@ -76,12 +76,16 @@ def _setup(preset: str, batch: int, strategy: dict, precision: str, threads: int
     if dev.type == "cuda" and opts.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
     model = EpsModel(preset, image_size=size, attention=opts.get("attention", "auto")).to(dev)
+    if opts.get("softmax_bf16"):
+        softmax_in_autocast_dtype(model)
     schedule = NoiseSchedule(device=dev)
     st = build_strategy(strategy)
     master = opts.get("bf16_master")
     autocast = autocast_for(dev, "fp32" if master else precision)
     if st.uses_teacher:
         st.end_task(model, TaskContext(0, None, [], schedule, dev, autocast))
+        if opts.get("softmax_bf16"):  # the teacher is built anew from the preset
+            softmax_in_autocast_dtype(st.teacher)
         if opts.get("teacher_fp32"):
             st.teacher.float()
         if master:
@@ -127,6 +131,16 @@ class MasterWeightAdam:
         self.opt.step()
         with torch.no_grad():
             torch._foreach_copy_(self.params, self.masters)
+
+
+def softmax_in_autocast_dtype(model) -> None:
+    """The attention softmax in the activations' dtype (a speed lever of `--ablation`): diffusers' attention
+    blocks cast the scores to fp32 before the softmax and the probabilities back after it (upcast_softmax); torch's
+    CPU softmax on bf16 accumulates in fp32 by itself, so the two casts and their backward are what this removes."""
+    from diffusers.models.attention_processor import Attention
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.upcast_softmax = False
 
 
 def _in_inference_mode(fn, *args):
@@ -363,6 +377,7 @@ ABLATION = [
     ("teacher under inference_mode", {}, {"teacher_inference_mode": True}, "cpu"),
     ("bf16 weights, fp32 master Adam", {}, {"bf16_master": True}, "cpu"),
     ("bf16 weights + channels_last + fused", {}, {"bf16_master": True, "channels_last": True, "fused": True}, "cpu"),
+    ("attention softmax in bf16", {}, {"softmax_bf16": True}, "cpu"),
     ("replay pool: every 4 iters", {"pool_every": 4}, {}, "any"),
     ("CUDA graphs, captured (no compiler)", {}, {"cuda_graphs": True}, "cuda"),
     ("CUDA graphs, captured + fused Adam", {}, {"cuda_graphs": True, "fused": True}, "cuda"),

@@ -6,10 +6,12 @@ variant sees the same moments.
     python docs/results/bench/interleaved.py --preset paper --batch 128 --rounds 2 --iters 2 \
         --variants defaults,channels_last,teacher_fp32
     python docs/results/bench/interleaved.py --preset small --image-size 28 --strategy naive --batches 32,64,128
+    python docs/results/bench/interleaved.py --preset small --image-size 28 --batch 64 --replays 2:1,3:0.25
 
 A variant is an option, or several joined by + (`--variants`), or a batch size (`--batches`, the default
-options): the summary gives each one's images per second (the iteration's real images; a replay strategy trains as
-many replayed ones besides).
+options), or a replay strategy's teacher DDIM steps and replay ratio (`--replays S:r,...`, the default options):
+the summary gives each one's images per second (the iteration's real images; a replay strategy trains
+replay_ratio times as many replayed ones besides).
 The variant `onednn_bf16` is fp32 weights and activations without autocast, with oneDNN doing the convolutions' and
 matmuls' arithmetic in bf16 (torch.backends.mkldnn.{conv,matmul}.fp32_precision = "bf16", PyTorch >= 2.9); the
 setting is global, so it is switched on only while that variant is timed.
@@ -40,20 +42,34 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--iters", type=int, default=2, help="timed iterations per variant per round")
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes to compare instead of options")
+    ap.add_argument("--replays", default=None,
+                    help="comma-separated S:r pairs (teacher DDIM steps : strategy.replay_ratio) to compare instead "
+                         "of options")
     ap.add_argument("--variants", default="defaults,channels_last",
                     help="comma-separated: defaults, onednn_bf16, or --ablation option names (channels_last, fused, "
-                         "teacher_fp32, bf16_master, teacher_inference_mode, compile, teacher_compile), several "
-                         "joined by + for one variant (fused+compile)")
+                         "teacher_fp32, bf16_master, teacher_inference_mode, softmax_bf16, compile, teacher_compile), "
+                         "several joined by + for one variant (fused+compile)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    spec = {"name": a.strategy}
-    if a.strategy != "naive":
-        spec["teacher_steps"] = 2
-    runs, batch = {}, {}
-    variants = [f"batch {b}" for b in a.batches.split(",")] if a.batches else a.variants.split(",")
+    if a.batches and a.replays:
+        raise SystemExit("give --batches or --replays, not both")
+    if a.replays and a.strategy == "naive":
+        raise SystemExit("--replays compares a replay strategy's settings: give --strategy generative_distillation "
+                         "(or another replay strategy)")
+    runs, batch, specs = {}, {}, {}
+    if a.batches:
+        variants = [f"batch {b}" for b in a.batches.split(",")]
+    elif a.replays:
+        for pair in a.replays.split(","):
+            steps, ratio = pair.split(":")
+            specs[f"S {steps}, r {ratio}"] = {"teacher_steps": int(steps), "replay_ratio": float(ratio)}
+        variants = list(specs)
+    else:
+        variants = a.variants.split(",")
     for v in variants:
-        opts = {} if v in ("defaults", "onednn_bf16") or a.batches else {k: True for k in v.split("+")}
+        opts = {} if v in ("defaults", "onednn_bf16") or a.batches or a.replays else {k: True for k in v.split("+")}
         batch[v] = int(v.split()[1]) if a.batches else a.batch
+        spec = {"name": a.strategy, **({} if a.strategy == "naive" else {"teacher_steps": 2}), **specs.get(v, {})}
         model, schedule, st, ac, opt, x0 = _setup(a.preset, batch[v], spec, "fp32" if v == "onednn_bf16" else "auto",
                                                   a.threads, bool(opts.get("fused")), opts, a.image_size)
         if opts.get("compile"):  # the student's forward and backward compiled (the optimizer stays eager)

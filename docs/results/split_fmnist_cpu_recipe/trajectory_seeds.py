@@ -2,7 +2,7 @@
 (S = 3, the last 2 states; and the last state alone with replay_ratio 0.5 at 518 steps, its time the smaller
 of two uniform draws or, with last_time uniform, uniform) and GD with a smaller
 replay batch (replay_ratio 0.5 and 0.6 at 378 steps per later task like GD; 0.5 also at 518 steps, GD's time per
-task):
+task; 0.25 with S = 3 at 518 and at 614 steps, GD's time per task for it):
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py runs/sweeps/split_fmnist_cpu 69 1714
     python docs/results/split_fmnist_cpu_recipe/trajectory_seeds.py docs/results/split_fmnist_cpu_recipe/trajectory_amx.json \
         docs/results/split_fmnist_cheaper_distillation/replay_ratio_amx.json
@@ -36,6 +36,8 @@ RUNS = {  # label -> run folder name pattern ({seed} filled in)
         "fashion_mnist_trajectory_distillation_gd_share0.5_lam0.75_replay_ratio0.5_states1_teacher_steps3_small_seed{seed}_train.steps_per_task518",
     "GD, S = 3, lambda 0.75, replay_ratio 0.25, 518 steps":
         "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.25_teacher_steps3_small_seed{seed}_train.steps_per_task518",
+    "GD, S = 3, lambda 0.75, replay_ratio 0.25, 614 steps":
+        "fashion_mnist_generative_distillation_lam0.75_replay_ratio0.25_teacher_steps3_small_seed{seed}_train.steps_per_task614",
 }
 N_TASKS = 5
 
