@@ -61,7 +61,10 @@ def main():
         variants = [f"batch {b}" for b in a.batches.split(",")]
     elif a.replays:
         for pair in a.replays.split(","):
-            steps, ratio = pair.split(":")
+            steps, _, ratio = pair.partition(":")
+            if not (steps.isdigit() and ratio.replace(".", "", 1).isdigit()):
+                raise SystemExit(f"--replays takes S:r pairs such as 2:1,3:0.25 (teacher DDIM steps : replay ratio), "
+                                 f"got {pair!r}")
             specs[f"S {steps}, r {ratio}"] = {"teacher_steps": int(steps), "replay_ratio": float(ratio)}
         variants = list(specs)
     else:
