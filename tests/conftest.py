@@ -12,7 +12,14 @@ from cldiff.data import FASHION_MNIST, find_dataset_dir, synthetic_dataset, writ
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n N (scripts/test.sh): N workers share the cores, so each computes on one thread, and so do the
+    # processes its tests start (torch reads OMP_NUM_THREADS; a test's train.threads still wins). Two processes
+    # with several OpenMP threads each on the same cores slow each other many times over.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def real_fmnist_dir() -> Path | None:
