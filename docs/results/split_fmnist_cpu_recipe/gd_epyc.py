@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
                   if last and max(ev) == N_TASKS - 1 and "class_fid" in last else "-")
             secs = [t["train_s"] for t in run["task_ends"] if t["task"] > 0]
             span = f"{min(secs):.0f}-{max(secs):.0f}" if secs else "-"
-            sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()}))
+            sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()})) or "-"
             print(f"| {seed} | {machine} | " + " | ".join(cells(run["evals"])) + f" | {pc} | {span} | {sha} |")
     groups = {g["label"].split(" ")[0]: g["final"] for g in json.loads((HERE / "results.json").read_text())}
     print()
