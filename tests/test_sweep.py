@@ -62,6 +62,19 @@ def test_cpu_sweep_plans_exactly_the_cpu_presets(sweep_file, presets, preset_nam
         assert _experiment(r.cfg) == _experiment(preset), r.out.name
 
 
+def test_random_orders_sweep_is_the_cpu_presets_on_random_orders():
+    # docs/results/split_fmnist_cpu_random_orders/ reports these runs as the `cpu` presets on random class orders:
+    # they must stay the presets' experiment with only the order changed.
+    runs, _ = sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu_random_orders.yaml")
+    assert {(r.cfg.seed, r.cfg.strategy["name"]) for r in runs} == {
+        (s, n) for s in (1, 2) for n in ("generative_distillation", "generative_replay", "joint")}
+    for r in runs:
+        assert r.cfg.data.class_order == "random"
+        preset = load_config(CONFIGS / "split_fmnist" / "cpu" / f"{r.cfg.strategy['name']}.yaml",
+                             [f"seed={r.cfg.seed}", "data.class_order=random"])
+        assert _experiment(r.cfg) == _experiment(preset), r.out.name
+
+
 def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
     # Sweep files may share a folder (the trajectory variants reuse the `cpu` table's GD runs as their task-0
     # source): a run resumed by either file must find the settings it was made with.

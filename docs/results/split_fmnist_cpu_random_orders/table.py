@@ -1,0 +1,107 @@
+"""The `cpu` presets on random class orders: GD, GR and joint after every task, each order against #19's targets,
+and per-class FID after the last task:
+    python docs/results/split_fmnist_cpu_random_orders/table.py runs/sweeps/split_fmnist_cpu_random 1 2 --dump docs/results/split_fmnist_cpu_random_orders/runs.json
+    python docs/results/split_fmnist_cpu_random_orders/table.py docs/results/split_fmnist_cpu_random_orders/runs.json
+The first form reads the run folders of configs/sweeps/split_fmnist_cpu_random_orders.yaml (--dump writes their
+evaluations, task ends and class orders to the committed runs.json); the second reads that file. A run that has not
+reached its last task shows what it has."""
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # docs/results: the shared snapshot helper
+from snapshot import read_folder, read_source  # noqa: E402
+
+from cldiff.data import DATASETS  # noqa: E402
+
+RUNS = {"GD": "fashion_mnist_generative_distillation_lam0.75_teacher_steps2_small_seed{seed}",
+        "GR": "fashion_mnist_generative_replay_lam1.0_teacher_steps2_small_seed{seed}",
+        "joint": "fashion_mnist_joint_small_seed{seed}_train.steps_per_task756"}
+KEEP = ("task", "fid_fmnist", "kld", "class_fid", "evaluator_sha256", "n_samples", "eval_s", "seen_classes")
+NAMES = DATASETS["fashion_mnist"].class_names
+N_TASKS = 5
+
+
+def collect(root: Path, seeds: list[str]) -> dict:
+    data = {}
+    for seed in seeds:
+        for kind, pattern in RUNS.items():
+            f = root / pattern.format(seed=seed)
+            if not (f / "metrics.jsonl").is_file():
+                continue
+            run = read_folder(f, KEEP)
+            start = next(json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()
+                         if json.loads(x).get("event") == "start")
+            run["tasks"] = start["tasks"]
+            data[f.name] = run
+    return data
+
+
+def last_evals(run: dict) -> dict:
+    """Each task's last evaluation (a resumed run may have evaluated a task twice: the later one counts)."""
+    return {e["task"]: e for e in run["evals"]}
+
+
+def main(argv: list[str]) -> int:
+    data = read_source(__doc__, collect, argv, "the sweep folder")
+    seeds = sorted({int(name.rsplit("seed", 1)[1].split("_")[0]) for name in data})
+    task0 = {}
+    for name, run in data.items():
+        task0.update({int(name.rsplit("seed", 1)[1].split("_")[0]): t["train_s"] / 60
+                      for t in run["task_ends"] if t["task"] == 0})
+    print("fid_fmnist / KLD after every task; training minutes of tasks 1-4 (task 0 is shared by a seed's runs: "
+          + ", ".join(f"seed {s} {m:.0f} min" for s, m in sorted(task0.items())) + ")\n")
+    print("| seed | order | run | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
+          + " | mean per-class FID after the last | training min, tasks 1-4 | evaluator |")
+    print("|---|---|---|" + "---|" * N_TASKS + "---|---|---|")
+    finals = {}
+    for seed in seeds:
+        for kind, pattern in RUNS.items():
+            run = data.get(pattern.format(seed=seed))
+            if run is None:
+                continue
+            ev = last_evals(run)
+            order = " ".join("(" + ",".join(map(str, t)) + ")" for t in run["tasks"])
+            cells = [f"{ev[k]['fid_fmnist']:.1f} / {ev[k]['kld']:.3f}" if k in ev else "-" for k in range(N_TASKS)]
+            last = ev.get(N_TASKS - 1)
+            if last is not None:
+                finals[(seed, kind)] = last
+            pc = (f"{sum(last['class_fid'].values()) / len(last['class_fid']):.1f}"
+                  if last is not None and last.get("class_fid") else "-")
+            later = [t["train_s"] for t in run["task_ends"] if t["task"] > 0]
+            minutes = f"{sum(later) / 60:.0f}" if later else "-"
+            sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()})) or "-"
+            print(f"| {seed} | {order} | {kind} | " + " | ".join(cells) + f" | {pc} | {minutes} | {sha} |")
+    print("\nEach order against #19's targets (after the 5th task)\n")
+    print("| seed | GD's FID / GR's (<= 0.33) | GD's FID / joint's (<= 1.5) | GD's KLD (<= 0.4) | GR's KLD (>= 1.5) "
+          "| joint's FID (<= 250) |")
+    print("|---|---|---|---|---|---|")
+    for seed in seeds:
+        gd, gr, joint = (finals.get((seed, k)) for k in RUNS)
+        cells = [f"{gd['fid_fmnist'] / gr['fid_fmnist']:.2f}" if gd and gr else "-",
+                 f"{gd['fid_fmnist'] / joint['fid_fmnist']:.2f}" if gd and joint else "-",
+                 f"{gd['kld']:.3f}" if gd else "-", f"{gr['kld']:.3f}" if gr else "-",
+                 f"{joint['fid_fmnist']:.1f}" if joint else "-"]
+        print(f"| {seed} | " + " | ".join(cells) + " |")
+    print("\nPer-class fid_fmnist after the 5th task (samples grouped by the evaluator's predicted class; classes in "
+          "the order they arrived)\n")
+    for seed in seeds:
+        runs = [(k, finals[(seed, k)]) for k in RUNS if (seed, k) in finals]
+        if not runs:
+            continue
+        tasks = data[RUNS[runs[0][0]].format(seed=seed)]["tasks"]
+        order = [(c, i) for i, t in enumerate(tasks) for c in t]
+        print(f"seed {seed}\n")
+        print("| run | " + " | ".join(f"{NAMES[c]} (task {i})" for c, i in order) + " |")
+        print("|---|" + "---|" * len(order))
+        for kind, e in runs:
+            fids = e.get("class_fid") or {}
+            print(f"| {kind} | " + " | ".join(f"{fids[str(c)]:.0f}" if fids.get(str(c)) is not None else "-"
+                                             for c, _ in order) + " |")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
