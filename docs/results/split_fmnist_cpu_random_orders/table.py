@@ -18,7 +18,8 @@ from cldiff.data import DATASETS  # noqa: E402
 RUNS = {"GD": "fashion_mnist_generative_distillation_lam0.75_teacher_steps2_small_seed{seed}",
         "GR": "fashion_mnist_generative_replay_lam1.0_teacher_steps2_small_seed{seed}",
         "joint": "fashion_mnist_joint_small_seed{seed}_train.steps_per_task756"}
-KEEP = ("task", "fid_fmnist", "kld", "class_fid", "evaluator_sha256", "n_samples", "eval_s", "seen_classes")
+KEEP = ("task", "fid_fmnist", "kld", "class_fid", "class_fid_mean", "classes_missing", "hist_pred", "evaluator_sha256",
+        "n_samples", "eval_s", "seen_classes")
 NAMES = DATASETS["fashion_mnist"].class_names
 N_TASKS = 5
 
@@ -53,7 +54,7 @@ def main(argv: list[str]) -> int:
     print("fid_fmnist / KLD after every task; training minutes of tasks 1-4 (task 0 is shared by a seed's runs: "
           + ", ".join(f"seed {s} {m:.0f} min" for s, m in sorted(task0.items())) + ")\n")
     print("| seed | order | run | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
-          + " | mean per-class FID after the last | training min, tasks 1-4 | evaluator |")
+          + " | mean per-class FID after the last (classes too rare to score) | training min, tasks 1-4 | evaluator |")
     print("|---|---|---|" + "---|" * N_TASKS + "---|---|---|")
     finals = {}
     for seed in seeds:
@@ -67,8 +68,10 @@ def main(argv: list[str]) -> int:
             last = ev.get(N_TASKS - 1)
             if last is not None:
                 finals[(seed, kind)] = last
-            pc = (f"{sum(last['class_fid'].values()) / len(last['class_fid']):.1f}"
-                  if last is not None and last.get("class_fid") else "-")
+            pc = "-"  # the run's own mean over the classes with samples, and how many had too few to score
+            if last is not None and last.get("class_fid_mean") is not None:
+                pc = f"{last['class_fid_mean']:.1f}" + (f" ({last['classes_missing']} missing)"
+                                                         if last["classes_missing"] else "")
             later = [t["train_s"] for t in run["task_ends"] if t["task"] > 0]
             minutes = f"{sum(later) / 60:.0f}" if later else "-"
             sha = ",".join(sorted({e.get("evaluator_sha256", "?")[:8] for e in ev.values()})) or "-"
