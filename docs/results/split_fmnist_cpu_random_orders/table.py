@@ -39,6 +39,10 @@ def collect(root: Path, seeds: list[str]) -> dict:
     return data
 
 
+def seed_of(name: str) -> int:
+    return int(name.rsplit("seed", 1)[1].split("_")[0])
+
+
 def last_evals(run: dict) -> dict:
     """Each task's last evaluation (a resumed run may have evaluated a task twice: the later one counts)."""
     return {e["task"]: e for e in run["evals"]}
@@ -46,11 +50,8 @@ def last_evals(run: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     data = read_source(__doc__, collect, argv, "the sweep folder")
-    seeds = sorted({int(name.rsplit("seed", 1)[1].split("_")[0]) for name in data})
-    task0 = {}
-    for name, run in data.items():
-        task0.update({int(name.rsplit("seed", 1)[1].split("_")[0]): t["train_s"] / 60
-                      for t in run["task_ends"] if t["task"] == 0})
+    seeds = sorted({seed_of(name) for name in data})
+    task0 = {seed_of(name): t["train_s"] / 60 for name, run in data.items() for t in run["task_ends"] if t["task"] == 0}
     print("fid_fmnist / KLD after every task; training minutes of tasks 1-4 (task 0 is shared by a seed's runs: "
           + ", ".join(f"seed {s} {m:.0f} min" for s, m in sorted(task0.items())) + ")\n")
     print("| seed | order | run | " + " | ".join(f"after task {k}" for k in range(N_TASKS))
