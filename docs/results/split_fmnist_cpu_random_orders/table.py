@@ -32,8 +32,8 @@ def collect(root: Path, seeds: list[str]) -> dict:
             if not (f / "metrics.jsonl").is_file():
                 continue
             run = read_folder(f, KEEP)
-            start = next(json.loads(x) for x in (f / "metrics.jsonl").read_text().splitlines()
-                         if json.loads(x).get("event") == "start")
+            with open(f / "metrics.jsonl") as fh:
+                start = json.loads(fh.readline())  # a run's log opens with its start record, which has the order
             run["tasks"] = start["tasks"]
             data[f.name] = run
     return data
