@@ -18,7 +18,7 @@ def described(v: str) -> str:
     if cfg is None:
         return v
     t, size = cfg["train"], cfg["data"]["image_size"]
-    return f"{v}: {size}x{size}, {t['first_task_steps']} steps, lr {t['lr']:g}"
+    return f"{v}: {size}x{size}, batch {t['batch_size']}, {t['first_task_steps']} steps, lr {t['lr']:g}"
 
 
 variants = sorted({p.name.split("_")[0] for p in runs.glob("*_seed*") if p.is_dir()})
