@@ -4,13 +4,13 @@
 #   b  28x28 images (the data's own size; 1.35x the training images per second here) for 270 steps, the same time
 #   c  as b with lr 2e-3
 #   d  32x32, 400 steps (twice the time: how far more steps alone go)
-#   e  as b with batch 32 for 485 steps, the same time: a batch-32 step costs 0.557x a batch-64 one on the EPYC
+#   e  as b with batch 32 for 485 steps, meant as the same time: a batch-32 step cost 0.557x a batch-64 one on the EPYC
 #      (125.6 against 140.0 images/s, docs/results/bench/COMMAND.md), so 270 / 0.557 steps
 #   f  as e for 445 steps: measured alone beside b (2 threads), e's 485 steps took 1.09x b's training time
 # PRESET=cpu (runs in runs/split_fmnist_cpu_task0, the table in docs/results/split_fmnist_cpu_task0/):
 #   a  32x32, 600 steps (the `cpu` presets)
 #   b  28x28, 810 steps (the same time)
-#   c  as b with batch 32 for 1454 steps (810 / 0.557, the same time)
+#   c  as b with batch 32 for 1454 steps (810 / 0.557, meant as the same time; at the `quick` scale 0.557 gave 1.09x)
 # Task 0 only (data.num_tasks=1), the preset's evaluation samples. One process at a time, THREADS torch threads
 # (default 1), every run resumable. Arguments: the variants to run, in order (default: all of the preset's); two
 # processes side by side: `run.sh a & run.sh b; wait`. The later tasks' steps (train.steps_per_task) are pinned at
