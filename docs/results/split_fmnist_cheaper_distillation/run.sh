@@ -13,8 +13,10 @@ RECIPE_RUNS=${RECIPE_RUNS:-runs/split_fmnist_quick_recipe}
 CL=${CL:-cldiff}
 Q=configs/split_fmnist/quick/generative_distillation.yaml
 mkdir -p "$RUNS"
-# the `quick` presets' settings when the runs shared here were made (32x32, task 0 200 steps, later tasks 60)
-PIN=(--set data.image_size=32 --set train.first_task_steps=200 --set train.steps_per_task=60)
+# the `quick` presets' settings when the runs shared here were made (32x32, batch 64, task 0 200 steps, later tasks
+# 60, one replay sample per real image; a run's own `strategy={...}` replaces the last)
+PIN=(--set data.image_size=32 --set train.batch_size=64 --set train.first_task_steps=200 --set train.steps_per_task=60
+     --set strategy.replay_ratio=1)
 one() {  # one NAME SEEDNAME SEEDARGS... -- STRATEGY
   local name=$1 src=$2
   shift 2

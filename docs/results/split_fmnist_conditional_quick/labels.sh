@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/split_fmnist_conditional_quick}
 CL=${CL:-cldiff}
 mkdir -p "$RUNS"
-PIN=(--set data.image_size=32 --set train.first_task_steps=200 --set train.steps_per_task=60)
+PIN=(--set data.image_size=32 --set train.batch_size=64 --set train.first_task_steps=200 --set train.steps_per_task=60)  # the presets then
 declare -A SET=([init0.1]=model.label_init_std=0.1 [lr30]=model.label_lr_scale=30)
 for o in "42:paper" "1714:paper"; do
   for v in ${VARIANTS:-init0.1 lr30}; do

@@ -14,9 +14,10 @@ cd "$(dirname "$0")/../../.."
 RUNS=${RUNS:-runs/split_fmnist_conditional_quick}
 CL=${CL:-cldiff}
 mkdir -p "$RUNS"
-# the `quick` presets' settings when these runs were made (32x32, task 0 200 steps, later tasks 60), the same as
-# the unconditional runs they are compared with
-PIN=(--set data.image_size=32 --set train.first_task_steps=200 --set train.steps_per_task=60)
+# the `quick` presets' settings when these runs were made (32x32, batch 64, task 0 200 steps, later tasks 60, one
+# replay sample per real image), the same as the unconditional runs they are compared with
+PIN=(--set data.image_size=32 --set train.batch_size=64 --set train.first_task_steps=200 --set train.steps_per_task=60
+     --set strategy.replay_ratio=1)
 pair() {  # pair PRESET NAME ARGS...: GD, then GR from GD's task 0
   local q=configs/split_fmnist/$1 name=$2
   shift 2

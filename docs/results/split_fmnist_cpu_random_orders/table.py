@@ -1,12 +1,14 @@
-"""The `cpu` presets on random class orders: GD, GR and joint after every task, each order against #19's targets,
-and per-class FID after the last task:
+"""A `cpu`-scale sweep of GD, GR and joint (one run of each per seed): every task's scores, each seed against #19's
+targets, and per-class FID after the last task:
     python docs/results/split_fmnist_cpu_random_orders/table.py runs/sweeps/split_fmnist_cpu_random 1 2 --dump docs/results/split_fmnist_cpu_random_orders/runs.json
     python docs/results/split_fmnist_cpu_random_orders/table.py docs/results/split_fmnist_cpu_random_orders/runs.json
-The first form reads the run folders of configs/sweeps/split_fmnist_cpu_random_orders.yaml (--dump writes their
-evaluations, task ends and class orders to the committed runs.json); the second reads that file. A run that has not
-reached its last task shows what it has."""
+The first form reads the run folders of a sweep (here configs/sweeps/split_fmnist_cpu_random_orders.yaml; --dump
+writes their evaluations, task ends and class orders to the committed runs.json); the second reads that file. Joint's
+folder is found whatever its steps per task (the sweeps set them in its name). A run that has not reached its last
+task shows what it has."""
 import json
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -17,7 +19,7 @@ from cldiff.data import DATASETS  # noqa: E402
 
 RUNS = {"GD": "fashion_mnist_generative_distillation_lam0.75_teacher_steps2_small_seed{seed}",
         "GR": "fashion_mnist_generative_replay_lam1.0_teacher_steps2_small_seed{seed}",
-        "joint": "fashion_mnist_joint_small_seed{seed}_train.steps_per_task756"}
+        "joint": "fashion_mnist_joint_small_seed{seed}_train.steps_per_task*"}
 KEEP = ("task", "fid_fmnist", "kld", "class_fid", "class_fid_mean", "classes_missing", "hist_pred", "evaluator_sha256",
         "n_samples", "eval_s", "seen_classes")
 NAMES = DATASETS["fashion_mnist"].class_names
@@ -28,9 +30,13 @@ def collect(root: Path, seeds: list[str]) -> dict:
     data = {}
     for seed in seeds:
         for kind, pattern in RUNS.items():
-            f = root / pattern.format(seed=seed)
-            if not (f / "metrics.jsonl").is_file():
+            found = [f for f in sorted(root.glob(pattern.format(seed=seed))) if (f / "metrics.jsonl").is_file()]
+            if len(found) > 1:
+                raise SystemExit(f"{root}: {len(found)} {kind} runs of seed {seed} ({', '.join(f.name for f in found)}); "
+                                 "keep one, or give a folder that holds one")
+            if not found:
                 continue
+            f = found[0]
             run = read_folder(f, KEEP)
             with open(f / "metrics.jsonl") as fh:
                 start = json.loads(fh.readline())  # a run's log opens with its start record, which has the order
@@ -41,6 +47,12 @@ def collect(root: Path, seeds: list[str]) -> dict:
 
 def seed_of(name: str) -> int:
     return int(name.rsplit("seed", 1)[1].split("_")[0])
+
+
+def find(data: dict, kind: str, seed: int) -> dict | None:
+    """The run of this kind and seed, matched by RUNS' pattern (joint's has a wildcard)."""
+    hits = [run for name, run in data.items() if fnmatch(name, RUNS[kind].format(seed=seed))]
+    return hits[0] if hits else None
 
 
 def last_evals(run: dict) -> dict:
@@ -59,8 +71,8 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|" + "---|" * N_TASKS + "---|---|---|")
     finals = {}
     for seed in seeds:
-        for kind, pattern in RUNS.items():
-            run = data.get(pattern.format(seed=seed))
+        for kind in RUNS:
+            run = find(data, kind, seed)
             if run is None:
                 continue
             ev = last_evals(run)
@@ -94,7 +106,7 @@ def main(argv: list[str]) -> int:
         runs = [(k, finals[(seed, k)]) for k in RUNS if (seed, k) in finals]
         if not runs:
             continue
-        tasks = data[RUNS[runs[0][0]].format(seed=seed)]["tasks"]
+        tasks = find(data, runs[0][0], seed)["tasks"]
         order = [(c, i) for i, t in enumerate(tasks) for c in t]
         print(f"seed {seed}\n")
         print("| run | " + " | ".join(f"{NAMES[c]} (task {i})" for c, i in order) + " |")

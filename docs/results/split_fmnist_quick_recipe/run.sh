@@ -14,9 +14,10 @@ off=(--set train.ema_decay=null --set train.lr_schedule=constant --set train.war
 pair() {  # pair NAME ARGS...: GD, then GR from GD's task 0
   local name=$1
   shift
-  # the `quick` presets' settings when these runs were made (32x32, task 0 200 steps, later tasks 60)
-  local c=(--no-progress --resume --set train.threads="${THREADS:-1}" --set data.image_size=32
-           --set train.first_task_steps=200 --set train.steps_per_task=60 "$@")
+  # the `quick` presets' settings when these runs were made (32x32, batch 64, task 0 200 steps, later tasks 60,
+  # one replay sample per real image)
+  local c=(--no-progress --resume --set train.threads="${THREADS:-1}" --set data.image_size=32 --set train.batch_size=64
+           --set train.first_task_steps=200 --set train.steps_per_task=60 --set strategy.replay_ratio=1 "$@")
   $CL train --config $Q/generative_distillation.yaml --out "$RUNS/${name}_gd" "${c[@]}" >> "$RUNS/${name}_gd.log" 2>&1
   $CL train --config $Q/generative_replay.yaml --out "$RUNS/${name}_gr" --set train.init_from="$RUNS/${name}_gd" \
     "${c[@]}" >> "$RUNS/${name}_gr.log" 2>&1

@@ -15,7 +15,7 @@
 # (default 1), every run resumable. Arguments: the variants to run, in order (default: all of the preset's); two
 # processes side by side: `run.sh a & run.sh b; wait`. The later tasks' steps (train.steps_per_task) are pinned at
 # the value the preset had when the runs were made: they do not change a task-0-only run, but a resumed run must
-# have its own settings. ORDERS (optional) replaces the preset's class orders, for example ORDERS="1714:paper 1:random".
+# have its own settings (so is the batch, 64 in the `quick` presets then). ORDERS (optional) replaces the preset's class orders, for example ORDERS="1714:paper 1:random".
 #   bash docs/results/split_fmnist_quick_task0/run.sh
 #   PRESET=cpu bash docs/results/split_fmnist_quick_task0/run.sh a & PRESET=cpu bash docs/results/split_fmnist_quick_task0/run.sh b
 set -euo pipefail
@@ -27,8 +27,10 @@ mkdir -p "$RUNS"
 declare -A V
 case $PRESET in
   quick) later=60; orders=("42:paper" "69:paper" "1714:paper" "1:random" "2:random")
-    V[a]="data.image_size=32 train.first_task_steps=200"; V[b]="data.image_size=28 train.first_task_steps=270"
-    V[c]="data.image_size=28 train.first_task_steps=270 train.lr=2e-3"; V[d]="data.image_size=32 train.first_task_steps=400"
+    V[a]="data.image_size=32 train.first_task_steps=200 train.batch_size=64"
+    V[b]="data.image_size=28 train.first_task_steps=270 train.batch_size=64"
+    V[c]="data.image_size=28 train.first_task_steps=270 train.lr=2e-3 train.batch_size=64"
+    V[d]="data.image_size=32 train.first_task_steps=400 train.batch_size=64"
     V[e]="data.image_size=28 train.first_task_steps=485 train.batch_size=32"
     V[f]="data.image_size=28 train.first_task_steps=445 train.batch_size=32" ;;
   cpu) later=280; orders=("42:paper" "1714:paper" "1:random" "69:paper" "2:random")

@@ -13,7 +13,7 @@ one() {  # one OUT [--set ...]: task 0 only, no evaluation, no grid
   local out=$1
   shift
   $CL train --config configs/split_fmnist/quick/generative_distillation.yaml --out "$out" --no-progress --tasks 1 \
-    --set train.first_task_steps="$STEPS" --set eval.enabled=false --set train.grid_samples=0 \
+    --set train.batch_size=64 --set train.first_task_steps="$STEPS" --set eval.enabled=false --set train.grid_samples=0 \
     --set train.log_every="$STEPS" "$@" > /dev/null 2>&1
 }
 speed() {  # seconds per step of a finished run
