@@ -88,3 +88,15 @@ def test_a_folder_planned_by_several_sweep_files_is_one_experiment():
     traj = {r.out for r in sweep.plan(CONFIGS / "sweeps" / "split_fmnist_cpu_trajectory.yaml")[0]
             if r.cfg.strategy["name"] == "generative_distillation"}
     assert len(traj) == 3 and traj <= set(shared)  # its GD runs are the `cpu` table's own
+
+
+def test_a_run_interrupted_in_its_last_task_is_not_finished(tmp_path):
+    # a SIGINT during the last task leaves a mid-task checkpoint of that task (complete: False); the sweep must
+    # resume the run, not call it done and report it with a task missing
+    from cldiff.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path, "task_00", {}, {"task": 0, "step": 10, "complete": True})
+    save_checkpoint(tmp_path, "task_01_step_0000001", {}, {"task": 1, "step": 1, "complete": False})
+    assert not sweep.is_finished(tmp_path, 2)
+    assert sweep.is_finished(tmp_path, 1)
+    save_checkpoint(tmp_path, "task_01", {}, {"task": 1, "step": 10, "complete": True})
+    assert sweep.is_finished(tmp_path, 2)

@@ -107,8 +107,10 @@ def _overrides(mapping, where: str) -> list[str]:
 
 
 def is_finished(run_dir: Path, num_tasks: int) -> bool:
+    """Whether the run ended its last task: a task-end checkpoint of that task. A mid-task checkpoint of it (a run
+    interrupted in its last task) is not an end: such a run resumes."""
     from .checkpoint import list_checkpoints
-    return any(m.get("task") == num_tasks - 1 for m in list_checkpoints(run_dir))
+    return any(m.get("task") == num_tasks - 1 and m.get("complete", True) for m in list_checkpoints(run_dir))
 
 
 def _status(r: PlannedRun) -> str:
