@@ -46,8 +46,9 @@ def collect(sources: list[tuple[str, str]]) -> dict:
         ends = {m["task"]: m for m in list_checkpoints(Path(folder)) if m.get("complete", True)}
         if set(ends) < set(range(N_TASKS)):
             raise SystemExit(f"{folder}: needs the checkpoints of tasks 0-{N_TASKS - 1}, has {sorted(ends)}")
-        models = {k: load_model(ends[k]["path"])[:2] for k in range(N_TASKS)}
-        cfg = load_model(ends[0]["path"])[2]
+        loaded = {k: load_model(ends[k]["path"]) for k in range(N_TASKS)}
+        models = {k: m[:2] for k, m in loaded.items()}
+        cfg = loaded[0][2]
         size = cfg.data.image_size
         if size not in data_by_size:
             data_by_size[size] = ContinualData("fashion_mnist", [tuple(range(10))], image_size=size)
